@@ -1,0 +1,97 @@
+"""The few event-loop specifics the adapter needs, kept in one place.
+
+Everything else uses anyio. What anyio does not offer:
+- starting a background service without a task group (when no lifespan ran), and
+- finishing a coroutine that was started synchronously: a manager send is first stepped
+  inline (no task, no scheduling) and, only if the server's `send` really has to wait for a
+  slow transport, handed to a task that carries on from where it stopped. That hand-off is
+  sound on asyncio, where a suspended coroutine yields a Future that any task may wait on,
+  and not on trio, whose traps belong to the task that made them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any
+
+import sniffio
+
+_system_tasks: set[asyncio.Task[Any]] = set()
+
+
+def library() -> str:
+    try:
+        return sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:  # pragma: no cover - called from sync code
+        return ""
+
+
+def loop_token() -> object:
+    """An object identifying the running event loop."""
+    if library() == "asyncio":
+        return asyncio.get_running_loop()
+    import trio
+
+    return trio.lowlevel.current_trio_token()
+
+
+def spawn_system(fn: Callable[[], Awaitable[None]]) -> None:
+    """Run `fn()` in the background of the current loop, outside any task group."""
+    if library() == "asyncio":
+        task = asyncio.get_running_loop().create_task(_as_coro(fn))
+        _system_tasks.add(task)
+        task.add_done_callback(_system_tasks.discard)
+    else:
+        import trio
+
+        trio.lowlevel.spawn_system_task(_as_coro_factory(fn))
+
+
+async def _as_coro(fn: Callable[[], Awaitable[None]]) -> None:
+    await fn()
+
+
+def _as_coro_factory(fn: Callable[[], Awaitable[None]]) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def run() -> None:
+        await fn()
+
+    return run
+
+
+class Continue:
+    """Await the rest of a coroutine that has already been stepped once and yielded `first`."""
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self._coro = coro
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro = self._coro
+        to_yield = self._first
+        while True:
+            try:
+                received = yield to_yield
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # forwarded into the coroutine, e.g. cancellation
+                try:
+                    to_yield = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    to_yield = coro.send(received)
+                except StopIteration as stop:
+                    return stop.value
+
+
+def uncancel(task: asyncio.Task[Any]) -> bool:
+    """Withdraw one cancellation request of ours; True if another one is still pending."""
+    un = getattr(task, "uncancel", None)
+    if un is None:  # pragma: no cover - Python 3.10
+        return False
+    return bool(un())

@@ -1,0 +1,573 @@
+"""The per-connection driver: wraps one websocket's `receive`/`send`.
+
+No task exists per connection in the common case. An app that awaits `receive()` reads the
+socket itself; the single housekeeping loop of the manager checks liveness from the timestamps
+that reading leaves behind. Only when a ping is due while the app is not reading does the
+connection get a reader task (bounded read-ahead), so push-only endpoints still see pongs.
+Manager sends never wait: they are stepped inline and queued (bounded) only while the transport
+is busy, with a writer task only for as long as the backlog lasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.websockets import WebSocketDisconnect
+
+from ..core import wire
+from ..core.heartbeat import Action, heartbeat_step
+from ..core.limits import TokenBucket
+from ..core.session import Session, SessionState
+from ..types import Message, Receive, Send
+from . import _runtime
+
+if TYPE_CHECKING:
+    from ..manager import Stabilizer
+
+CONNECTING, OPEN, CLOSED, RESPONSE = 0, 1, 2, 3
+DELIVERED, DROPPED, FAILED = 0, 1, 2
+
+_RS = wire.RS
+_monotonic = time.monotonic
+_current_task = asyncio.current_task
+
+
+def text_size(text: str) -> int:
+    """UTF-8 length of `text` without encoding it when it is ASCII (the common case)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+class Connection:
+    """One websocket connection of a `Session`, between the server and the app."""
+
+    __slots__ = (
+        "session",
+        "_mgr",
+        "_receive",
+        "_send",
+        "_aio",
+        "_phase",
+        "_closing",
+        "_proto",
+        "_hb",
+        "_max_size",
+        "_bucket",
+        "_busy",
+        "_outq",
+        "_outq_bytes",
+        "_recv_task",
+        "_send_task",
+        "_recv_interrupted",
+        "_send_interrupted",
+        "_recv_scope",
+        "_send_scope",
+        "_inbox",
+        "_inbox_ready",
+        "_inbox_space",
+        "_reader_scope",
+        "_writer_scope",
+        "_hb_done",
+        "_server_disconnect",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        manager: Stabilizer,
+        session: Session,
+        receive: Receive,
+        send: Send,
+        *,
+        control: bool,
+        heartbeat: bool,
+    ) -> None:
+        cfg = manager.config
+        self.session = session
+        self._mgr = manager
+        self._receive = receive
+        self._send = send
+        self._aio = _runtime.library() == "asyncio"
+        self._phase = CONNECTING
+        self._closing: tuple[int, str] | None = None
+        # "control": wire protocol v1 (opted in); "text": plain ping/pong text; None: transparent
+        self._proto = "control" if control else ("text" if heartbeat else None)
+        self._hb = heartbeat
+        self._max_size = cfg.max_message_size
+        rl = cfg.rate_limit
+        self._bucket = TokenBucket(rl[0], rl[1], _monotonic()) if rl is not None else None
+        self._busy = False
+        self._outq: deque[tuple[Message, int, anyio.Event | None]] | None = None
+        self._outq_bytes = 0
+        self._recv_task: asyncio.Task[Any] | None = None
+        self._send_task: asyncio.Task[Any] | None = None
+        self._recv_interrupted = False
+        self._send_interrupted = False
+        self._recv_scope: anyio.CancelScope | None = None
+        self._send_scope: anyio.CancelScope | None = None
+        self._inbox: deque[Message] | None = None
+        self._inbox_ready: anyio.Event | None = None
+        self._inbox_space: anyio.Event | None = None
+        self._reader_scope: anyio.CancelScope | None = None
+        self._writer_scope: anyio.CancelScope | None = None
+        self._hb_done = False
+        self._server_disconnect: Message | None = None
+
+    # ------------------------------------------------------------------ receive side
+
+    async def receive(self) -> Message:
+        """The app's `receive`: control frames and limits handled, data passed through."""
+        if self._inbox is not None:
+            return await self._receive_buffered()
+        while True:
+            if self._closing is not None and self._phase != CONNECTING:
+                return self._closed_message()
+            if self._aio:
+                task = _current_task()
+                self._recv_task = task
+                try:
+                    message = await self._receive()
+                except asyncio.CancelledError:
+                    if self._recv_interrupted and task is not None:
+                        self._recv_interrupted = False
+                        if not _runtime.uncancel(task):
+                            return self._closed_message()
+                    raise
+                finally:
+                    self._recv_task = None
+            else:
+                with anyio.CancelScope() as scope:
+                    self._recv_scope = scope
+                    message = await self._receive()
+                self._recv_scope = None
+                if scope.cancelled_caught:
+                    return self._closed_message()
+            out = self._inbound(message)
+            if out is not None:
+                if out.get("type") == "websocket.receive":
+                    self.session.frames_in += 1
+                return out
+            if self._inbox is not None:  # pragma: no cover - a reader cannot start mid-receive
+                return await self._receive_buffered()
+
+    def _inbound(self, message: Message) -> Message | None:
+        """Handle one message from the server; return what the app should see, or None."""
+        kind = message.get("type")
+        if kind == "websocket.receive":
+            now = _monotonic()
+            session = self.session
+            session._last_in = now
+            text = message.get("text")
+            if text is not None:
+                size = text_size(text)
+            else:
+                data = message.get("bytes")
+                size = len(data) if data is not None else 0
+            if self._max_size is not None and size > self._max_size:
+                self._abort(1009, "message too big")
+                return self._closed_message()
+            bucket = self._bucket
+            if bucket is not None and not bucket.take(now):
+                self._abort(1008, "rate limit exceeded")
+                return self._closed_message()
+            if text is not None:
+                proto = self._proto
+                if proto == "control" and text[:1] == _RS:
+                    if text[1:2] != _RS:
+                        self._control(text, now)
+                        return None
+                    message = {"type": kind, "text": text[1:]}
+                    size -= 1
+                elif proto == "text" and text == self._mgr.config.pong_text:
+                    if session._ping_at is not None:
+                        session.rtt = now - session._ping_at
+                    return None
+            session.bytes_in += size
+            return message
+        if kind == "websocket.disconnect":
+            self._server_disconnect = message
+            if self._phase == OPEN:
+                self._phase = CLOSED
+            if self._closing is not None:
+                return self._closed_message()
+        return message
+
+    def _control(self, text: str, now: float) -> None:
+        frame = wire.decode_control(text)
+        mgr = self._mgr
+        if frame is None:
+            mgr._count("control_malformed")
+            return
+        kind = frame["t"]
+        session = self.session
+        if kind == "pong":
+            ts = frame.get("ts")
+            if session._ping_ts is not None and ts == session._ping_ts:
+                session.rtt = now - session._ping_ts
+                mgr._record_rtt(session.rtt)
+        elif kind == "ping":
+            ts = frame.get("ts")
+            if not wire.is_number(ts):
+                mgr._count("control_malformed")
+                return
+            self._offer_control(wire.encode_control("pong", ts=ts, n=session.frames_in))
+        elif kind == "ack":
+            pass  # replay buffers are trimmed here once resume lands
+        else:
+            mgr._count("control_unknown")
+
+    async def _receive_buffered(self) -> Message:
+        """Receive while a reader task owns the socket: take from the bounded read-ahead."""
+        inbox = self._inbox
+        assert inbox is not None
+        while True:
+            if self._closing is not None:
+                return self._closed_message()
+            if inbox:
+                message = inbox.popleft()
+                space = self._inbox_space
+                if space is not None:
+                    self._inbox_space = None
+                    space.set()
+                if message.get("type") == "websocket.receive":
+                    self.session.frames_in += 1
+                return message
+            ready = self._inbox_ready = anyio.Event()
+            await ready.wait()
+
+    def _start_reader(self) -> None:
+        if self._inbox is None and self._phase == OPEN:
+            self._inbox = deque()
+            self._mgr._spawn(self._reader)
+
+    async def _reader(self) -> None:
+        inbox = self._inbox
+        assert inbox is not None
+        limit = self._mgr.config.max_read_ahead
+        with anyio.CancelScope() as scope:
+            self._reader_scope = scope
+            try:
+                while self._closing is None:
+                    while len(inbox) >= limit:
+                        space = self._inbox_space = anyio.Event()
+                        await space.wait()
+                    message = await self._receive()
+                    out = self._inbound(message)
+                    if out is not None:
+                        inbox.append(out)
+                        ready = self._inbox_ready
+                        if ready is not None:
+                            self._inbox_ready = None
+                            ready.set()
+                    if message.get("type") == "websocket.disconnect":
+                        break
+            except Exception as exc:  # the server's receive failed: the app must unwind
+                self._mgr._log_error("reader failed", self.session, exc)
+                inbox.append({"type": "websocket.disconnect", "code": 1006, "reason": ""})
+                ready = self._inbox_ready
+                if ready is not None:
+                    ready.set()
+        self._reader_scope = None
+
+    # ------------------------------------------------------------------ send side
+
+    async def send(self, message: Message) -> None:
+        """The app's `send`: ordered with manager sends, escaped for opted-in clients."""
+        phase = self._phase
+        kind = message.get("type")
+        if phase == OPEN:
+            if kind == "websocket.send":
+                if self._closing is not None:
+                    raise WebSocketDisconnect(*self._closing)
+                text = message.get("text")
+                if text is not None:
+                    size = text_size(text)
+                    if text[:1] == _RS and self._proto == "control":
+                        message = {"type": kind, "text": _RS + text}
+                else:
+                    data = message.get("bytes")
+                    size = len(data) if data is not None else 0
+                session = self.session
+                session.frames_out += 1
+                session.bytes_out += size
+                await self._app_send(message, size)
+                return
+            if kind == "websocket.close":
+                if self._closing is not None:
+                    return  # the middleware closed it already; closing twice is harmless
+                self._phase = CLOSED
+                session = self.session
+                session.close_code = message.get("code", 1000)
+                session.close_reason = message.get("reason") or ""
+                await self._app_send(message, 0)
+                return
+        elif phase == CONNECTING:
+            if kind == "websocket.accept":
+                await self._send(message)
+                self._phase = OPEN
+                await self._mgr._accepted(self)
+                return
+            if kind == "websocket.close":
+                await self._send(message)
+                self._phase = CLOSED
+                return
+            if kind == "websocket.http.response.start":
+                await self._send(message)
+                self._phase = RESPONSE
+                return
+        elif self._closing is not None and kind in ("websocket.send", "websocket.close"):
+            if kind == "websocket.send":
+                raise WebSocketDisconnect(*self._closing)
+            return
+        await self._send(message)
+
+    async def _app_send(self, message: Message, size: int) -> None:
+        if self._busy:
+            waiter = anyio.Event()
+            queue = self._outq
+            if queue is None:
+                queue = self._outq = deque()
+            queue.append((message, 0, waiter))
+            await waiter.wait()
+            if self._closing is not None and message.get("type") == "websocket.send":
+                raise WebSocketDisconnect(*self._closing)
+            return
+        self._busy = True
+        try:
+            if self._aio:
+                task = _current_task()
+                self._send_task = task
+                try:
+                    await self._send(message)
+                except asyncio.CancelledError:
+                    if self._send_interrupted and task is not None:
+                        self._send_interrupted = False
+                        if not _runtime.uncancel(task):
+                            raise WebSocketDisconnect(*(self._closing or (1006, ""))) from None
+                    raise
+                finally:
+                    self._send_task = None
+            else:
+                with anyio.CancelScope() as scope:
+                    self._send_scope = scope
+                    await self._send(message)
+                self._send_scope = None
+                if scope.cancelled_caught:
+                    raise WebSocketDisconnect(*(self._closing or (1006, "")))
+        finally:
+            if self._outq:
+                self._mgr._spawn(self._flush)
+            else:
+                self._busy = False
+
+    def offer(self, frame: Message, escaped: Message, size: int, now: float) -> int:
+        """Hand a data frame to this connection without waiting (manager sends, broadcast)."""
+        if self._phase != OPEN or self._closing is not None:
+            return FAILED
+        session = self.session
+        session.frames_out += 1
+        session.bytes_out += size
+        session._last_out = now
+        return self._offer(escaped if self._proto == "control" else frame, size)
+
+    def _offer_control(self, text: str) -> int:
+        if self._phase != OPEN or self._closing is not None:
+            return FAILED
+        return self._offer({"type": "websocket.send", "text": text}, len(text))
+
+    def _offer(self, frame: Message, size: int) -> int:
+        if self._busy:
+            return self._enqueue(frame, size)
+        self._busy = True
+        if not self._aio:
+            self._mgr._spawn(self._write, frame)
+            return DELIVERED
+        coro: Coroutine[Any, Any, None] = self._send(frame)  # type: ignore[assignment]
+        try:
+            first = coro.send(None)
+        except StopIteration:
+            self._busy = False
+            return DELIVERED
+        except Exception as exc:
+            self._busy = False
+            self._transport_failed(exc)
+            return FAILED
+        self._mgr._spawn(self._write_rest, coro, first)
+        return DELIVERED
+
+    def _enqueue(self, frame: Message, size: int) -> int:
+        queue = self._outq
+        if queue is None:
+            queue = self._outq = deque()
+        cfg = self._mgr.config
+        if len(queue) >= cfg.max_queue_messages or self._outq_bytes + size > cfg.max_queue_bytes:
+            return self._slow_consumer()
+        session = self.session
+        try:
+            session._charge(size)
+        except Exception:
+            return self._slow_consumer()
+        queue.append((frame, size, None))
+        self._outq_bytes += size
+        return DELIVERED
+
+    def _slow_consumer(self) -> int:
+        self.session.dropped += 1
+        self._mgr._count("slow_consumer_drops")
+        if self._mgr.config.slow_consumer == "close":
+            self._mgr._slow_consumer(self)
+            self._abort(1008, "slow consumer")
+            return FAILED
+        return DROPPED
+
+    async def _write(self, frame: Message) -> None:
+        with anyio.CancelScope() as scope:
+            self._writer_scope = scope
+            try:
+                await self._send(frame)
+            except Exception as exc:
+                self._transport_failed(exc)
+        await self._flush()
+
+    async def _write_rest(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        with anyio.CancelScope() as scope:
+            self._writer_scope = scope
+            try:
+                await _runtime.Continue(coro, first)
+            except Exception as exc:
+                self._transport_failed(exc)
+        if scope.cancel_called:
+            coro.close()
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Drain the outbound backlog in order; runs in a service task while the backlog lasts."""
+        queue = self._outq
+        try:
+            with anyio.CancelScope() as scope:
+                self._writer_scope = scope
+                while queue:
+                    frame, size, waiter = queue.popleft()
+                    if size:
+                        self._outq_bytes -= size
+                        self.session._charge(-size)
+                    failed = self._closing is not None and frame.get("type") != "websocket.close"
+                    if not failed:
+                        try:
+                            await self._send(frame)
+                        except Exception as exc:
+                            self._transport_failed(exc)
+                    if waiter is not None:
+                        waiter.set()
+        finally:
+            self._writer_scope = None
+            self._release_queue()
+            self._busy = False
+
+    def _release_queue(self) -> None:
+        queue = self._outq
+        while queue:
+            _frame, size, waiter = queue.popleft()
+            if size:
+                self._outq_bytes -= size
+                self.session._charge(-size)
+            if waiter is not None:
+                waiter.set()
+
+    def _transport_failed(self, exc: BaseException) -> None:
+        """The server's `send` raised (the client is gone): stop writing to this connection."""
+        if self._closing is None:
+            self._closing = (1006, "")
+            self._mgr._count("send_failures")
+        for entry in self._outq or ():
+            if entry[2] is not None:
+                entry[2].set()
+
+    # ------------------------------------------------------------------ closing
+
+    def _closed_message(self) -> Message:
+        code, reason = self._closing or (1006, "")
+        return {"type": "websocket.disconnect", "code": code, "reason": reason}
+
+    def _abort(self, code: int, reason: str) -> bool:
+        """Close from the middleware: the app's receive returns `websocket.disconnect` with
+        `code`, its sends raise `WebSocketDisconnect(code)`, and the client gets the close."""
+        if self._closing is not None or self._phase not in (OPEN, CONNECTING):
+            return False
+        self._closing = (code, reason)
+        was_open = self._phase == OPEN
+        session = self.session
+        session.close_code = code
+        session.close_reason = reason
+        self._mgr._aborted(self, code, reason)
+        ready = self._inbox_ready
+        if ready is not None:
+            self._inbox_ready = None
+            ready.set()
+        for scope in (self._reader_scope, self._recv_scope, self._send_scope):
+            if scope is not None:
+                scope.cancel()
+        if self._recv_task is not None:
+            self._recv_interrupted = True
+            self._recv_task.cancel()
+        if self._send_task is not None:
+            self._send_interrupted = True
+            self._send_task.cancel()
+        if was_open:
+            close = {"type": "websocket.close", "code": code, "reason": reason}
+            if self._busy:
+                self._release_queue()
+                queue = self._outq
+                assert queue is not None
+                queue.append((close, 0, None))
+            else:
+                self._offer(close, 0)
+        return True
+
+    # ------------------------------------------------------------------ heartbeat
+
+    def heartbeat(self, now: float) -> float | None:
+        """One housekeeping visit: ping, declare dead, or wait. Returns the next visit time."""
+        if self._phase != OPEN or self._closing is not None:
+            self._hb_done = True
+            return None
+        cfg = self._mgr.config
+        session = self.session
+        action, ping_at, next_at = heartbeat_step(
+            session._last_in, session._ping_at, now, cfg.heartbeat_interval, cfg.heartbeat_timeout
+        )
+        session._ping_at = ping_at
+        if action is Action.PING:
+            if self._inbox is None and self._recv_task is None and self._recv_scope is None:
+                self._start_reader()
+            self._mgr._count("pings")
+            if self._proto == "control":
+                session._ping_ts = ts = round(now, 6)
+                self._offer_control(wire.encode_control("ping", ts=ts, n=session.frames_in))
+            else:
+                self._offer_control(cfg.ping_text)
+        elif action is Action.DEAD:
+            self._hb_done = True
+            self._mgr._heartbeat_timeout(self)
+            self._abort(1011, "heartbeat timeout")
+            return None
+        return next_at
+
+    def finish(self) -> None:
+        """The app returned: stop every background part of this connection."""
+        self._hb_done = True
+        if self._phase == OPEN:
+            self._phase = CLOSED
+        for scope in (self._reader_scope,):
+            if scope is not None:
+                scope.cancel()
+        if self._closing is None and not self._busy:
+            self._release_queue()
+
+    @property
+    def state(self) -> SessionState:
+        return self.session.state

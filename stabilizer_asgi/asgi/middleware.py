@@ -1,0 +1,181 @@
+"""`StabilizerMiddleware`: scope dispatch. Per-connection state lives in `Connection`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio
+
+from ..config import StabilizerConfig
+from ..core.wire import OptIn, split_query
+from ..exceptions import ConfigError
+from ..manager import Stabilizer
+from ..types import ASGIApp, Message, Receive, Scope, Send
+from . import routes
+from .connection import Connection
+
+logger = logging.getLogger("stabilizer_asgi")
+_NO_OPT_IN = OptIn()
+_MAX_CLIENT_ID = 256
+
+
+def query_client_id(scope: Scope) -> str | None:
+    """The default `client_id`: the `client_id` query parameter, if any."""
+    query = scope.get("query_string") or b""
+    if b"client_id=" not in query:
+        return None
+    for name, value in parse_qsl(query.decode("latin-1")):
+        if name == "client_id":
+            return value[:_MAX_CLIENT_ID] or None
+    return None
+
+
+class StabilizerMiddleware:
+    """Adds heartbeat, sessions, broadcast, limits and drain to any ASGI app's websockets.
+
+    `app.add_middleware(StabilizerMiddleware, heartbeat_interval=25)` or
+    `StabilizerMiddleware(app, config=StabilizerConfig(...))`; pass `manager=` to share a
+    `Stabilizer` you created yourself (e.g. to broadcast from a background job).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: StabilizerConfig | None = None,
+        *,
+        manager: Stabilizer | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.app = app
+        if manager is not None:
+            if config is not None or kwargs:
+                raise ConfigError("manager", manager, "either manager= or settings, not both")
+            self.manager = manager
+        else:
+            self.manager = Stabilizer(config, **kwargs)
+        cfg = self.manager.config
+        self.config = cfg
+        self._client_id = cfg.client_id or query_client_id
+        self._routes = routes.build(self.manager)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "http":
+            handler = self._routes.get(_route_path(scope))
+            if handler is not None:
+                await handler(scope, receive, send)
+                return
+            state = scope.get("state")
+            state = dict(state) if state else {}
+            state["stabilizer"] = self.manager
+            scope["state"] = state
+            await self.app(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        manager = self.manager
+        manager._ensure_service()
+        query = scope.get("query_string") or b""
+        opt_in = _NO_OPT_IN
+        if b"stabilizer" in query:
+            scope["query_string"], opt_in = split_query(query)
+        client = scope.get("client")
+        ip = client[0] if client else None
+        refusal = manager._admit(ip)
+        if refusal is not None:
+            manager._rejected(refusal, client)
+            await self._deny(scope, receive, send, 503, refusal)
+            return
+        try:
+            client_id = self._find_client_id(scope)
+            cfg = self.config
+            if client_id is not None and cfg.duplicate_client != "allow":
+                existing = manager.by_client(client_id)
+                if existing and cfg.duplicate_client == "reject":
+                    manager._rejected("duplicate_client", client)
+                    await self._deny(scope, receive, send, 409, "duplicate_client")
+                    return
+                for old in existing:
+                    if old._conn is not None:
+                        old._conn._abort(1000, "replaced")
+            control = opt_in.opted_in
+            mode = cfg.heartbeat
+            heartbeat = mode == "always" or (mode == "auto" and control)
+            remote = (client[0], client[1]) if client else None
+            session = manager._new_session(client_id, control, remote)
+            conn = Connection(manager, session, receive, send, control=control, heartbeat=heartbeat)
+            # Servers hand each connection a shallow copy of the lifespan state: copy it again
+            # rather than writing into a dict the server or another middleware may share.
+            state = scope.get("state")
+            state = dict(state) if state else {}
+            state["stabilizer"] = manager
+            state["stabilizer_session"] = session
+            scope["state"] = state
+            try:
+                await self.app(scope, conn.receive, conn.send)
+            finally:
+                manager._ended(conn)
+        finally:
+            manager._release(ip)
+
+    def _find_client_id(self, scope: Scope) -> str | None:
+        try:
+            value = self._client_id(scope)
+        except Exception:
+            logger.exception("client_id callable failed; treating the client as anonymous")
+            return None
+        return value if isinstance(value, str) and value else None
+
+    async def _deny(
+        self, scope: Scope, receive: Receive, send: Send, status: int, reason: str
+    ) -> None:
+        """Refuse a handshake before the app runs: HTTP `status` if the server can, else close."""
+        message = await receive()
+        if message.get("type") != "websocket.connect":
+            return
+        if "websocket.http.response" in (scope.get("extensions") or {}):
+            body = json.dumps({"error": reason}).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            if status == 503:
+                headers.append((b"retry-after", str(self.config.retry_after).encode()))
+            await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1013 if status == 503 else 1008})
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Host the manager's background service for as long as the app's lifespan runs."""
+        manager = self.manager
+
+        async def lifespan_receive() -> Message:
+            message = await receive()
+            if message.get("type") == "lifespan.shutdown":
+                # Servers that send this before closing sockets get a graceful shutdown here.
+                await manager.shutdown()
+            return message
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(manager._run_service)
+            try:
+                await self.app(scope, lifespan_receive, send)
+            finally:
+                tg.cancel_scope.cancel()
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope.get("path", "")
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path

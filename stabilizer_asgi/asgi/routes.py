@@ -1,0 +1,170 @@
+"""The middleware's own HTTP routes: stats, health, drain and the browser client.
+
+They are answered here and never reach the app. Stats and drain need `admin_token` as a
+bearer token, or, when no token is set, a loopback client.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from ..types import Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from ..manager import Stabilizer
+
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes = b"application/json",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    head: bool = False,
+    cache: bytes = b"no-store",
+) -> None:
+    all_headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", cache),
+        *(headers or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=str).encode()
+
+
+async def _error(send: Send, status: int, message: str, **extra: Any) -> None:
+    headers = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+    if "allow" in extra:
+        headers.append((b"allow", extra.pop("allow").encode()))
+    await respond(send, status, _json({"error": message, **extra}), headers=headers)
+
+
+def is_loopback(scope: Scope) -> bool:
+    client = scope.get("client")
+    if not client:
+        return False
+    try:
+        return ipaddress.ip_address(client[0]).is_loopback
+    except ValueError:
+        return client[0] in ("localhost", "testclient")
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope.get("headers") or ():
+        if name.lower() == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return None
+
+
+async def _authorized(manager: Stabilizer, scope: Scope, send: Send) -> bool:
+    """Check admin access; on refusal the 401/403 response has been sent."""
+    expected = manager.config.admin_token
+    if expected is None:
+        if is_loopback(scope):
+            return True
+        await _error(send, 403, "admin routes are loopback-only while admin_token is not set")
+        return False
+    token = _bearer(scope)
+    if token is None:
+        await _error(send, 401, "missing bearer token")
+        return False
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        await _error(send, 403, "invalid bearer token")
+        return False
+    return True
+
+
+async def _drain_body(receive: Receive) -> None:
+    """Read (and ignore) a request body, bounded, so the server is not left mid-request."""
+    more = True
+    seen = 0
+    while more and seen < 65536:
+        message = await receive()
+        if message.get("type") != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        more = message.get("more_body", False)
+
+
+def build(manager: Stabilizer) -> dict[str, Handler]:
+    cfg = manager.config
+    table: dict[str, Handler] = {}
+
+    if cfg.stats_path is not None:
+
+        async def stats(scope: Scope, receive: Receive, send: Send) -> None:
+            method = scope.get("method", "GET")
+            if method not in ("GET", "HEAD"):
+                await _error(send, 405, "method not allowed", allow="GET, HEAD")
+                return
+            if await _authorized(manager, scope, send):
+                await respond(send, 200, _json(manager.stats()), head=method == "HEAD")
+
+        table[cfg.stats_path] = stats
+
+    if cfg.health_path is not None:
+
+        async def health(scope: Scope, receive: Receive, send: Send) -> None:
+            method = scope.get("method", "GET")
+            if method not in ("GET", "HEAD"):
+                await _error(send, 405, "method not allowed", allow="GET, HEAD")
+                return
+            if manager.draining:
+                body = {"status": "draining", "connections": manager.count()}
+                await respond(send, 503, _json(body), head=method == "HEAD",
+                              headers=[(b"retry-after", str(cfg.retry_after).encode())])
+            else:
+                body = {"status": "ok", "connections": manager.count()}
+                await respond(send, 200, _json(body), head=method == "HEAD")
+
+        table[cfg.health_path] = health
+
+    if cfg.drain_path is not None:
+
+        async def drain(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope.get("method") != "POST":
+                await _error(send, 405, "method not allowed", allow="POST")
+                return
+            await _drain_body(receive)
+            if not await _authorized(manager, scope, send):
+                return
+            report = await manager.drain()
+            await respond(send, 200, _json(report._asdict()))
+
+        table[cfg.drain_path] = drain
+
+    if cfg.client_js_path is not None:
+        script = (
+            resources.files("stabilizer_asgi").joinpath("static/stabilizer-client.js")
+        )
+
+        async def client_js(scope: Scope, receive: Receive, send: Send) -> None:
+            method = scope.get("method", "GET")
+            if method not in ("GET", "HEAD"):
+                await _error(send, 405, "method not allowed", allow="GET, HEAD")
+                return
+            try:
+                body = script.read_bytes()
+            except FileNotFoundError:
+                await _error(send, 404, "browser client not installed")
+                return
+            await respond(
+                send, 200, body, content_type=b"text/javascript; charset=utf-8",
+                cache=b"public, max-age=3600", head=method == "HEAD",
+            )
+
+        table[cfg.client_js_path] = client_js
+    return table

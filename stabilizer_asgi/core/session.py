@@ -1,0 +1,223 @@
+"""`Session`: what the library knows about one logical client connection."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import sys
+import time
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any
+
+from ..exceptions import MemoryLimitExceededError
+
+_EMPTY: frozenset[str] = frozenset()
+_MAX_SIZEOF_NODES = 10_000
+
+
+class SessionState(str, enum.Enum):
+    """Lifecycle of a session: live, waiting to be resumed, or over."""
+
+    CONNECTED = "connected"
+    DETACHED = "detached"
+    CLOSED = "closed"
+
+
+def new_session_id() -> str:
+    """128 random bits, URL-safe base64 (22 characters)."""
+    return secrets.token_urlsafe(16)
+
+
+def estimate_size(value: object) -> int:
+    """Approximate bytes held by `value` (containers followed, bounded work)."""
+    seen: set[int] = set()
+    stack = [value]
+    total = 0
+    nodes = 0
+    while stack and nodes < _MAX_SIZEOF_NODES:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        nodes += 1
+        total += sys.getsizeof(obj)
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, list | tuple | set | frozenset):
+            stack.extend(obj)
+    return total
+
+
+class SessionData(MutableMapping[str, Any]):
+    """Per-session user data whose size is accounted against the memory limits.
+
+    Values are measured when stored; mutating a stored container in place is not re-measured
+    (store it again to re-account it).
+    """
+
+    __slots__ = ("_items", "_sizes", "_owner")
+
+    def __init__(self, owner: Session) -> None:
+        self._items: dict[str, Any] = {}
+        self._sizes: dict[str, int] = {}
+        self._owner = owner
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        size = estimate_size(key) + estimate_size(value)
+        delta = size - self._sizes.get(key, 0)
+        self._owner._charge(delta)  # raises MemoryLimitExceededError and stores nothing
+        self._items[key] = value
+        self._sizes[key] = size
+
+    def __delitem__(self, key: str) -> None:
+        del self._items[key]
+        self._owner._charge(-self._sizes.pop(key))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"SessionData({self._items!r})"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes accounted for the stored items."""
+        return sum(self._sizes.values())
+
+    def _drop_all(self) -> int:
+        freed = sum(self._sizes.values())
+        self._items.clear()
+        self._sizes.clear()
+        return freed
+
+
+class Session:
+    """One logical client: survives reconnects while `DETACHED`, ends when `CLOSED`."""
+
+    __slots__ = (
+        "id",
+        "client_id",
+        "state",
+        "opted_in",
+        "resumed",
+        "created_at",
+        "remote",
+        "rtt",
+        "groups",
+        "frames_in",
+        "frames_out",
+        "bytes_in",
+        "bytes_out",
+        "dropped",
+        "close_code",
+        "close_reason",
+        "_data",
+        "_last_in",
+        "_last_out",
+        "_mono0",
+        "_mem",
+        "_limit",
+        "_on_charge",
+        "_conn",
+        "_seq",
+        "_detached_at",
+        "_generation",
+        "_ping_at",
+        "_ping_ts",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        *,
+        session_id: str | None = None,
+        client_id: str | None = None,
+        opted_in: bool = False,
+        remote: tuple[str, int] | None = None,
+        now: float | None = None,
+        memory_limit: int | None = None,
+        on_charge: Callable[[Session, int], None] | None = None,
+    ) -> None:
+        mono = time.monotonic() if now is None else now
+        self.id = session_id or new_session_id()
+        self.client_id = client_id
+        self.state = SessionState.CONNECTED
+        self.opted_in = opted_in
+        self.resumed = False
+        self.created_at = time.time()
+        self.remote = remote
+        self.rtt: float | None = None
+        self.groups: frozenset[str] = _EMPTY
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.dropped = 0
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._data: SessionData | None = None
+        self._last_in = mono
+        self._last_out = mono
+        self._mono0 = mono
+        self._mem = 0
+        self._limit = memory_limit
+        self._on_charge = on_charge
+        self._conn: Any = None
+        self._seq = 0
+        self._detached_at: float | None = None
+        self._generation = 0
+        self._ping_at: float | None = None
+        self._ping_ts: float | None = None
+
+    @property
+    def data(self) -> SessionData:
+        """User data, counted toward `max_memory_per_session` / `max_total_memory`."""
+        data = self._data
+        if data is None:
+            data = self._data = SessionData(self)
+        return data
+
+    @property
+    def last_seen(self) -> float:
+        """Wall-clock time (epoch seconds) of the last inbound frame."""
+        return self.created_at + (self._last_in - self._mono0)
+
+    @property
+    def memory(self) -> int:
+        """Bytes accounted to this session: user data plus buffered frames."""
+        return self._mem
+
+    def _charge(self, delta: int) -> None:
+        """Account `delta` bytes; refuse (raise) if the per-session limit would be passed."""
+        if delta > 0 and self._limit is not None and self._mem + delta > self._limit:
+            raise MemoryLimitExceededError(
+                f"session {self.id} would use {self._mem + delta} bytes "
+                f"(max_memory_per_session={self._limit})"
+            )
+        self._mem += delta
+        if self._on_charge is not None:
+            try:
+                self._on_charge(self, delta)
+            except MemoryLimitExceededError:
+                self._mem -= delta
+                raise
+
+    def _release_data(self) -> None:
+        if self._data is not None:
+            freed = self._data._drop_all()
+            self._mem -= freed
+            if self._on_charge is not None and freed:
+                self._on_charge(self, -freed)
+
+    def __repr__(self) -> str:
+        return (
+            f"Session(id={self.id!r}, client_id={self.client_id!r}, state={self.state.value}, "
+            f"opted_in={self.opted_in}, groups={sorted(self.groups)!r})"
+        )

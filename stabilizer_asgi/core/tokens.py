@@ -1,0 +1,189 @@
+"""Reconnect tokens: HMAC-signed ``(session id, generation)`` pairs, with key rotation.
+
+A token reads ``"{session_id}.{generation}.{kid}.{mac}"``: the session id (URL-safe base64), the
+session's token generation in decimal, the id of the signing key (first 8 hex digits of its
+SHA-256) and the HMAC-SHA256 tag in unpadded URL-safe base64. Every character is in
+``A-Za-z0-9-_.``, so a token travels in a query string as is.
+
+This module only signs and verifies. Single use (the manager stores the current generation of each
+session and bumps it when a token is spent) and expiry (the manager stores when the session was
+detached) are enforced by the caller.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Sequence
+
+from ..exceptions import ConfigError, InvalidTokenError
+
+MAX_TOKEN_LENGTH = 512
+"""Longer input is rejected before any parsing."""
+
+MAX_GENERATION = 2**63 - 1
+"""Largest generation a token can carry (it is MACed as 8 unsigned big-endian bytes)."""
+
+GENERATED_KEY_BYTES = 32
+
+_SECRET_ALLOWED = "a non-empty str/bytes or a non-empty sequence of them"
+# Versioned domain separation: a tag made for another purpose (or a later token format) with the
+# same key can never verify as a v1 reconnect token.
+_MAC_PREFIX = b"stabilizer-asgi/reconnect-token/v1\x00"
+_MAC_TEXT_LENGTH = 43  # 32 bytes in unpadded base64
+_MAX_GENERATION_DIGITS = len(str(MAX_GENERATION))
+
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]+")
+_GENERATION = re.compile(r"0|[1-9][0-9]*")
+_KID = re.compile(r"[0-9a-f]{8}")
+_MAC_TEXT = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def key_id(key: bytes) -> str:
+    """The public id of a key: the first 8 hex digits of its SHA-256 (safe to log)."""
+    return hashlib.sha256(key).hexdigest()[:8]
+
+
+def _redacted(secret: object) -> str:
+    # ConfigError puts the value in its message; a secret must never reach a log line.
+    if isinstance(secret, (str, bytes, bytearray)):
+        kind = type(secret).__name__
+        return f"<empty {kind}>" if not secret else f"<{kind} of length {len(secret)}>"
+    if isinstance(secret, Sequence):
+        return f"<{len(secret)} key{'s' if len(secret) != 1 else ''}>"
+    return f"<{type(secret).__name__}>"
+
+
+def _as_key(item: object) -> bytes | None:
+    if isinstance(item, str):
+        return item.encode("utf-8") or None
+    if isinstance(item, (bytes, bytearray)):
+        return bytes(item) or None
+    return None
+
+
+def normalize_secret(
+    secret: str | bytes | Sequence[str | bytes] | None,
+) -> tuple[list[bytes], bool]:
+    """Turn the ``secret`` setting into key bytes: ``(keys, generated)``.
+
+    ``None`` yields one random 32-byte key and ``generated=True`` (tokens then only verify in this
+    process, which the caller should log as a warning). ``str`` keys are UTF-8 encoded. The first
+    key signs; all of them verify.
+    """
+    if secret is None:
+        return [secrets.token_bytes(GENERATED_KEY_BYTES)], True
+    single = _as_key(secret)
+    if single is not None:
+        return [single], False
+    if isinstance(secret, Sequence) and not isinstance(secret, (str, bytes, bytearray)):
+        keys = [_as_key(item) for item in secret]
+        if keys and all(key is not None for key in keys):
+            return [key for key in keys if key is not None], False
+    raise ConfigError("secret", _redacted(secret), _SECRET_ALLOWED)
+
+
+class TokenSigner:
+    """Signs and verifies reconnect tokens; the first key signs, every key verifies."""
+
+    __slots__ = ("_kid", "_signing", "_verifying")
+
+    def __init__(self, keys: Sequence[bytes]) -> None:
+        if isinstance(keys, (str, bytes, bytearray)) or not isinstance(keys, Sequence):
+            raise ConfigError("secret", _redacted(keys), _SECRET_ALLOWED)
+        if not keys or not all(isinstance(key, bytes) and key for key in keys):
+            raise ConfigError("secret", _redacted(keys), _SECRET_ALLOWED)
+        # Keyed HMAC objects are prepared once; copying one is cheaper than re-keying.
+        self._verifying: dict[str, list[hmac.HMAC]] = {}
+        seen: set[bytes] = set()
+        for key in keys:
+            if key in seen:
+                continue
+            seen.add(key)
+            # Two distinct keys may share a 32-bit kid; verify then tries each of them.
+            self._verifying.setdefault(key_id(key), []).append(
+                hmac.new(key, _MAC_PREFIX, hashlib.sha256)
+            )
+        self._kid = key_id(keys[0])
+        self._signing = self._verifying[self._kid][0]
+
+    @property
+    def kid(self) -> str:
+        """The id of the signing key (safe to log)."""
+        return self._kid
+
+    @property
+    def key_ids(self) -> list[str]:
+        """The ids of all verifying keys, signing key first."""
+        return list(self._verifying)
+
+    def sign(self, session_id: str, generation: int) -> str:
+        """A token for ``session_id`` at ``generation``; raises ``ValueError`` on bad input."""
+        if not isinstance(session_id, str) or not _SESSION_ID.fullmatch(session_id):
+            raise ValueError("session_id must be a non-empty URL-safe base64 string")
+        if (
+            not isinstance(generation, int)
+            or isinstance(generation, bool)
+            or not 0 <= generation <= MAX_GENERATION
+        ):
+            raise ValueError(f"generation must be an int in [0, {MAX_GENERATION}]")
+        mac = _mac_text(self._signing, session_id, generation, self._kid)
+        token = f"{session_id}.{generation}.{self._kid}.{mac}"
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise ValueError("session_id is too long to fit in a token")
+        return token
+
+    def verify(self, token: object) -> tuple[str, int]:
+        """``(session_id, generation)`` of a genuine token; else ``InvalidTokenError``.
+
+        Never raises anything else, whatever the input. Error messages say what is wrong, never
+        the token or a key.
+        """
+        if not isinstance(token, str):
+            raise InvalidTokenError("token is not a string")
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidTokenError("token is too long")
+        if not token.isascii():
+            raise InvalidTokenError("token contains non-ASCII characters")
+        parts = token.split(".")
+        if len(parts) != 4:
+            raise InvalidTokenError("token does not have 4 dot-separated parts")
+        session_id, generation_text, kid, mac = parts
+        if not _SESSION_ID.fullmatch(session_id):
+            raise InvalidTokenError("token has a malformed session id")
+        if not _GENERATION.fullmatch(generation_text):
+            raise InvalidTokenError("token has a malformed generation")
+        if len(generation_text) > _MAX_GENERATION_DIGITS:
+            raise InvalidTokenError("token generation is out of range")
+        generation = int(generation_text)
+        if generation > MAX_GENERATION:
+            raise InvalidTokenError("token generation is out of range")
+        if not _KID.fullmatch(kid):
+            raise InvalidTokenError("token has a malformed key id")
+        candidates = self._verifying.get(kid)
+        if candidates is None:
+            raise InvalidTokenError("token is signed by an unknown key")
+        if len(mac) != _MAC_TEXT_LENGTH or not _MAC_TEXT.fullmatch(mac):
+            raise InvalidTokenError("token has a malformed signature")
+        given = mac.encode("ascii")
+        # Comparing the canonical text (not decoded bytes) also rejects the non-canonical
+        # encodings whose spare low bits would otherwise let a one-character change verify.
+        for keyed in candidates:
+            expected = _mac_text(keyed, session_id, generation, kid).encode("ascii")
+            if hmac.compare_digest(expected, given):
+                return session_id, generation
+        raise InvalidTokenError("token signature does not match")
+
+
+def _mac_text(keyed: hmac.HMAC, session_id: str, generation: int, kid: str) -> str:
+    raw_id = session_id.encode("ascii")
+    mac = keyed.copy()
+    # Length-prefixed and fixed-width fields: no two (session, generation, kid) share an input.
+    mac.update(len(raw_id).to_bytes(2, "big"))
+    mac.update(raw_id)
+    mac.update(generation.to_bytes(8, "big"))
+    mac.update(kid.encode("ascii"))
+    return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")

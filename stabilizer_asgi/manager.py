@@ -1,0 +1,568 @@
+"""`Stabilizer`: the process-wide manager every endpoint reaches through `scope["state"]`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import anyio
+import anyio.abc
+
+from . import logging as _log
+from .asgi import _runtime
+from .config import StabilizerConfig
+from .core import wire
+from .core.heartbeat import TimerWheel
+from .core.limits import ConnectionCounter
+from .core.registry import Registry
+from .core.session import Session, SessionState
+from .exceptions import MemoryLimitExceededError, SessionNotFoundError
+
+if TYPE_CHECKING:
+    from .asgi.connection import Connection
+
+logger = logging.getLogger("stabilizer_asgi")
+
+_monotonic = time.monotonic
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class BroadcastResult(NamedTuple):
+    """What a broadcast did: sessions targeted, frames handed over, dropped, failed."""
+
+    total: int
+    delivered: int
+    dropped: int
+    failed: int
+
+
+class ShutdownReport(NamedTuple):
+    """What a drain or shutdown did: connections closed, closes that failed, seconds taken."""
+
+    closed: int
+    failed: int
+    duration: float
+
+
+def encode_message(message: object) -> tuple[dict[str, Any], int]:
+    """An ASGI `websocket.send` event for `message` and its size in bytes."""
+    if isinstance(message, str):
+        return {"type": "websocket.send", "text": message}, (
+            len(message) if message.isascii() else len(message.encode())
+        )
+    if isinstance(message, bytes | bytearray | memoryview):
+        data = bytes(message)
+        return {"type": "websocket.send", "bytes": data}, len(data)
+    if isinstance(message, dict | list):
+        text = _dumps(message)
+        return {"type": "websocket.send", "text": text}, (
+            len(text) if text.isascii() else len(text.encode())
+        )
+    raise TypeError(f"cannot send {type(message).__name__}: use str, bytes, dict or list")
+
+
+class Stabilizer:
+    """Sessions, groups, sends and broadcast, limits and heartbeat for one process."""
+
+    def __init__(self, config: StabilizerConfig | None = None, **kwargs: Any) -> None:
+        self.config = cfg = StabilizerConfig.from_kwargs(config, **kwargs)
+        self._registry = Registry(cfg.num_shards)
+        self._connecting: dict[str, Session] = {}
+        self._limits = ConnectionCounter(cfg.max_connections, cfg.max_connections_per_ip)
+        tick = min(cfg.heartbeat_interval, cfg.heartbeat_timeout) / 8
+        self._tick = min(1.0, max(0.005, tick))
+        self._wheel: TimerWheel[Connection] = TimerWheel(self._tick)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._service_token: object = None
+        self._service_starting = False
+        self._pending: list[tuple[Callable[..., Coroutine[Any, Any, Any]], tuple[Any, ...]]] = []
+        self._draining = False
+        self._total_memory = 0
+        self._reg_seq = 0
+        self._started = _monotonic()
+        self._rtts: deque[float] = deque(maxlen=2048)
+        self.counters: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ queries
+
+    def get(self, session_id: str) -> Session | None:
+        """The session with this id (connected or detached), or None."""
+        return self._registry.get(session_id) or self._connecting.get(session_id)
+
+    def sessions(self, group: str | None = None) -> list[Session]:
+        """All registered sessions, or the members of `group`."""
+        if group is None:
+            return list(self._registry)
+        return list(self._registry.members(group).values())
+
+    def count(self) -> int:
+        """Number of registered sessions."""
+        return len(self._registry)
+
+    def by_client(self, client_id: str) -> list[Session]:
+        """Sessions whose client id is `client_id`."""
+        return self._registry.by_client(client_id)
+
+    def groups(self) -> dict[str, int]:
+        """Group name → number of members."""
+        return self._registry.group_counts()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    # ------------------------------------------------------------------ sending
+
+    def _require(self, session_id: str) -> Session:
+        session = self.get(session_id)
+        if session is None:
+            raise SessionNotFoundError(session_id)
+        return session
+
+    async def send(self, session_id: str, message: object) -> bool:
+        """Send to one session without waiting on it; False if it is gone or the frame dropped."""
+        frame, size = encode_message(message)
+        session = self._registry.get(session_id)
+        if session is None:
+            return False
+        conn = session._conn
+        if conn is None:
+            return False
+        escaped = _escaped(frame)
+        return bool(conn.offer(frame, escaped, size, _monotonic()) == 0)
+
+    async def broadcast(
+        self,
+        message: object,
+        *,
+        group: str | None = None,
+        exclude: str | Collection[str] | None = None,
+    ) -> BroadcastResult:
+        """Send to every session (or a group's members) except `exclude`; never waits."""
+        frame, size = encode_message(message)
+        escaped = _escaped(frame)
+        if group is None:
+            targets: Iterable[Session] = list(self._registry)
+        else:
+            targets = list(self._registry.members(group).values())
+        if exclude is None:
+            skip: Collection[str] = ()
+        elif isinstance(exclude, str):
+            skip = (exclude,)
+        else:
+            skip = exclude if isinstance(exclude, set | frozenset | dict) else set(exclude)
+        now = _monotonic()
+        total = delivered = dropped = failed = 0
+        for session in targets:
+            if skip and session.id in skip:
+                continue
+            total += 1
+            conn = session._conn
+            if conn is None:
+                failed += 1
+                continue
+            result = conn.offer(frame, escaped, size, now)
+            if result == 0:
+                delivered += 1
+            elif result == 1:
+                dropped += 1
+            else:
+                failed += 1
+        self._count("broadcasts")
+        return BroadcastResult(total, delivered, dropped, failed)
+
+    async def join(self, session_id: str, group: str) -> None:
+        """Add a session to a group (created on first join)."""
+        if not isinstance(group, str) or not group or len(group) > 256:
+            raise ValueError(f"group must be a non-empty str of at most 256 characters: {group!r}")
+        self._registry.join(self._require(session_id), group)
+
+    async def leave(self, session_id: str, group: str) -> None:
+        """Remove a session from a group (a group with no members disappears)."""
+        self._registry.leave(self._require(session_id), group)
+
+    async def close(self, session_id: str, code: int = 1000, reason: str = "") -> bool:
+        """Close a session's connection with `code`; False if there is no such live connection."""
+        session = self.get(session_id)
+        if session is None or session._conn is None:
+            return False
+        return bool(session._conn._abort(code, reason))
+
+    # ------------------------------------------------------------------ drain and shutdown
+
+    async def drain(self, period: float | None = None) -> ShutdownReport:
+        """Stop taking connections and move every client elsewhere, without a stampede.
+
+        Health answers 503 and handshakes are refused from now on. Each opted-in client gets a
+        `reconnect` hint whose delay is spread with jitter over `period` (default
+        `drain_period`) and is then closed with 1012; plain clients, which cannot be told when
+        to come back, are closed with 1012 at jittered moments spread over `period`.
+        """
+        period = self.config.drain_period if period is None else float(period)
+        if period < 0:
+            raise ValueError(f"period must be >= 0, got {period!r}")
+        started = _monotonic()
+        self._draining = True
+        conns = [s._conn for s in self._registry if s._conn is not None]
+        _log.event(logger, _log.DRAIN_STARTED, connections=len(conns), period=period)
+        hinted = [c for c in conns if c._proto == "control"]
+        plain = [c for c in conns if c._proto != "control"]
+        closed = failed = 0
+        for conn in hinted:
+            after_ms = int(random.uniform(0.0, period) * 1000)
+            conn._offer_control(
+                wire.encode_control("reconnect", after_ms=after_ms, reason="draining")
+            )
+            if conn._abort(1012, "server draining"):
+                closed += 1
+            else:
+                failed += 1
+        if plain:
+            moments = sorted(random.uniform(0.0, period) for _ in plain)
+            for conn, at in zip(plain, moments, strict=True):
+                delay = started + at - _monotonic()
+                if delay > 0:
+                    await anyio.sleep(delay)
+                if conn._abort(1012, "server draining"):
+                    closed += 1
+                else:
+                    failed += 1
+        report = ShutdownReport(closed, failed, round(_monotonic() - started, 3))
+        self._count("drained", closed)
+        _log.event(
+            logger, _log.DRAINED, closed=closed, failed=failed,
+            duration_ms=round(report.duration * 1000, 1),
+        )
+        return report
+
+    async def shutdown(self, timeout: float = 30.0) -> ShutdownReport:
+        """Close every remaining connection with 1012 and wait (up to `timeout`) for them to end."""
+        started = _monotonic()
+        self._draining = True
+        conns = [s._conn for s in self._registry if s._conn is not None]
+        closed = failed = 0
+        for conn in conns:
+            if conn._abort(1012, "server shutdown"):
+                closed += 1
+        with anyio.move_on_after(timeout):
+            while any(c.session._conn is c for c in conns):
+                await anyio.sleep(0.01)
+        failed = sum(1 for c in conns if c.session._conn is c)
+        report = ShutdownReport(closed - failed, failed, round(_monotonic() - started, 3))
+        _log.event(
+            logger, _log.SHUTDOWN, closed=report.closed, failed=failed,
+            duration_ms=round(report.duration * 1000, 1),
+        )
+        return report
+
+    # ------------------------------------------------------------------ stats
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def _record_rtt(self, rtt: float) -> None:
+        self._rtts.append(rtt)
+
+    @property
+    def memory(self) -> int:
+        """Bytes accounted to all sessions (user data plus buffered frames)."""
+        return self._total_memory
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges: the same document the stats route serves."""
+        by_state = {state.value: 0 for state in SessionState}
+        frames_in = frames_out = bytes_in = bytes_out = 0
+        for session in self._registry:
+            by_state[session.state.value] += 1
+            frames_in += session.frames_in
+            frames_out += session.frames_out
+            bytes_in += session.bytes_in
+            bytes_out += session.bytes_out
+        rtts = sorted(self._rtts)
+
+        def pct(p: float) -> float | None:
+            if not rtts:
+                return None
+            return rtts[min(len(rtts) - 1, int(p * len(rtts)))]
+
+        counters = dict(self.counters)
+        return {
+            "connections": self._limits.total,
+            "sessions": by_state,
+            "shards": self._registry.shard_counts(),
+            "groups": len(self._registry.group_counts()),
+            "frames": {"in": frames_in, "out": frames_out},
+            "bytes": {"in": bytes_in, "out": bytes_out},
+            "heartbeat": {
+                "pings": counters.pop("pings", 0),
+                "timeouts": counters.pop("heartbeat_timeouts", 0),
+                "rtt_p50": pct(0.5),
+                "rtt_p90": pct(0.9),
+                "rtt_p99": pct(0.99),
+            },
+            "rejections": {
+                k.removeprefix("rejected_"): v for k, v in counters.items() if k.startswith("rejected_")
+            },
+            "broadcasts": counters.pop("broadcasts", 0),
+            "memory": {"total": self._total_memory, "limit": self.config.max_total_memory},
+            "draining": self._draining,
+            "uptime": round(_monotonic() - self._started, 3),
+            "counters": {k: v for k, v in counters.items() if not k.startswith("rejected_")},
+            "config": self.config.public(),
+        }
+
+    # ------------------------------------------------------------------ background service
+
+    def _ensure_service(self) -> None:
+        """Make sure the housekeeping service runs in the current event loop."""
+        if self._tg is not None or self._service_starting:
+            if self._service_token is _runtime.loop_token():
+                return
+        self._service_starting = True
+        self._service_token = _runtime.loop_token()
+        _runtime.spawn_system(self._run_service)
+
+    async def _run_service(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Host the housekeeper and every background task; runs until cancelled."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self._service_token = _runtime.loop_token()
+                self._service_starting = False
+                pending, self._pending = self._pending, []
+                for fn, args in pending:
+                    tg.start_soon(fn, *args)
+                tg.start_soon(self._housekeeper)
+                task_status.started()
+        finally:
+            if self._tg is not None and self._service_token is _runtime.loop_token():
+                self._tg = None
+                self._service_starting = False
+
+    def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        tg = self._tg
+        if tg is not None:
+            tg.start_soon(self._guarded, fn, *args)
+        else:
+            self._pending.append((self._guarded, (fn, *args)))
+            self._ensure_service()
+
+    async def _guarded(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        try:
+            await fn(*args)
+        except Exception as exc:
+            logger.exception("stabilizer background task failed: %r", exc)
+
+    async def _housekeeper(self) -> None:
+        wheel = self._wheel
+        while True:
+            await anyio.sleep(self._tick)
+            now = _monotonic()
+            for conn in wheel.pop_due(now):
+                if conn._hb_done:
+                    continue
+                try:
+                    next_at = conn.heartbeat(now)
+                except Exception as exc:  # pragma: no cover - defensive
+                    self._log_error("heartbeat check failed", conn.session, exc)
+                    continue
+                if next_at is not None:
+                    wheel.schedule(conn, next_at)
+
+    # ------------------------------------------------------------------ connection lifecycle
+
+    def _admit(self, ip: str | None) -> str | None:
+        """Take a connection slot or return why the handshake is refused."""
+        if self._draining:
+            return "draining"
+        return self._limits.try_acquire(ip)
+
+    def _release(self, ip: str | None) -> None:
+        self._limits.release(ip)
+
+    def _rejected(self, reason: str, remote: object) -> None:
+        self._count("rejected_" + reason)
+        _log.event(logger, _log.REJECTED, reason=reason, remote=remote)
+
+    def _new_session(
+        self, client_id: str | None, opted_in: bool, remote: tuple[str, int] | None
+    ) -> Session:
+        session = Session(
+            client_id=client_id,
+            opted_in=opted_in,
+            remote=remote,
+            memory_limit=self.config.max_memory_per_session,
+            on_charge=self._on_charge,
+        )
+        self._connecting[session.id] = session
+        return session
+
+    async def _accepted(self, conn: Connection) -> None:
+        """The app accepted: register the session, start its heartbeat, greet an opted-in client."""
+        session = conn.session
+        self._connecting.pop(session.id, None)
+        session._conn = conn
+        session.state = SessionState.CONNECTED
+        self._reg_seq += 1
+        session._seq = self._reg_seq
+        self._registry.add(session)
+        cfg = self.config
+        if conn._hb:
+            self._wheel.schedule(conn, session._last_in + cfg.heartbeat_interval)
+        if conn._proto == "control":
+            hello = wire.encode_control(
+                "hello",
+                v=wire.VERSION,
+                session=session.id,
+                token=self.issue_token(session.id),
+                interval=cfg.heartbeat_interval,
+                timeout=cfg.heartbeat_timeout,
+                resumed=False,
+                reason=None,
+                ack=session.frames_in,
+            )
+            await conn._send({"type": "websocket.send", "text": hello})
+        self._count("connections_accepted")
+        _log.event(
+            logger,
+            _log.CONNECTED,
+            session=session.id,
+            client=session.client_id,
+            remote=session.remote,
+            opted_in=session.opted_in,
+        )
+        self._hook("on_connect", session)
+
+    def _ended(self, conn: Connection) -> None:
+        """The app returned: the session is over (or detached once resume exists)."""
+        conn.finish()
+        session = conn.session
+        self._connecting.pop(session.id, None)
+        if session._conn is not conn:
+            return
+        if conn._server_disconnect is not None and session.close_code is None:
+            session.close_code = conn._server_disconnect.get("code", 1005)
+            session.close_reason = conn._server_disconnect.get("reason") or ""
+        session._conn = None
+        session.state = SessionState.CLOSED
+        self._registry.remove(session)
+        session._release_data()
+        duration = time.time() - session.created_at
+        _log.event(
+            logger,
+            _log.DISCONNECTED,
+            session=session.id,
+            client=session.client_id,
+            code=session.close_code,
+            reason=session.close_reason,
+            duration_ms=round(duration * 1000, 1),
+        )
+        self._hook("on_disconnect", session)
+
+    def _aborted(self, conn: Connection, code: int, reason: str) -> None:
+        self._count(f"closed_{code}")
+
+    def _heartbeat_timeout(self, conn: Connection) -> None:
+        self._count("heartbeat_timeouts")
+        session = conn.session
+        _log.event(
+            logger,
+            _log.HEARTBEAT_TIMEOUT,
+            level=logging.INFO,
+            session=session.id,
+            client=session.client_id,
+            remote=session.remote,
+        )
+        self._hook("on_timeout", session)
+
+    def _slow_consumer(self, conn: Connection) -> None:
+        session = conn.session
+        _log.event(
+            logger, _log.SLOW_CONSUMER, level=logging.WARNING, session=session.id,
+            client=session.client_id,
+        )
+
+    def _log_error(self, what: str, session: Session, exc: BaseException) -> None:
+        logger.warning("%s for session %s: %r", what, session.id, exc)
+
+    def _hook(self, name: str, session: Session) -> None:
+        hook = getattr(self.config, name)
+        if hook is not None:
+            self._spawn(self._run_hook, name, hook, session)
+
+    async def _run_hook(
+        self, name: str, hook: Callable[[Session], Awaitable[None]], session: Session
+    ) -> None:
+        try:
+            await hook(session)
+        except Exception as exc:
+            _log.event(
+                logger,
+                _log.HOOK_FAILED,
+                level=logging.ERROR,
+                hook=name,
+                session=session.id,
+                error=repr(exc),
+            )
+
+    # ------------------------------------------------------------------ memory
+
+    def _on_charge(self, session: Session, delta: int) -> None:
+        self._total_memory += delta
+        limit = self.config.max_total_memory
+        if delta > 0 and limit is not None and self._total_memory > limit:
+            self._evict(self._total_memory - limit, protect=session)
+            if self._total_memory > limit:
+                self._total_memory -= delta
+                raise MemoryLimitExceededError(
+                    f"total session memory would be {self._total_memory + delta} bytes "
+                    f"(max_total_memory={limit})"
+                )
+
+    def _evict(self, needed: int, protect: Session) -> None:
+        policy = self.config.eviction
+        candidates = [s for s in self._registry if s is not protect and s._mem > 0]
+        if policy == "lru":
+            candidates.sort(key=lambda s: max(s._last_in, s._last_out))
+        elif policy == "fifo":
+            candidates.sort(key=lambda s: s._seq)
+        else:
+            candidates.sort(key=lambda s: s.created_at)
+        for victim in candidates:
+            if needed <= 0:
+                break
+            freed = victim._mem
+            victim._release_data()
+            needed -= freed
+            self._count("evictions")
+            _log.event(
+                logger, _log.EVICTED, level=logging.WARNING, session=victim.id,
+                client=victim.client_id, policy=policy,
+            )
+            conn = victim._conn
+            if conn is not None:
+                conn._abort(1013, "memory limit")
+            else:
+                self._registry.remove(victim)
+                victim.state = SessionState.CLOSED
+
+    # ------------------------------------------------------------------ tokens (resume)
+
+    def issue_token(self, session_id: str) -> str:
+        """A reconnect token for the session (replaced by a signed token once resume lands)."""
+        self._require(session_id)
+        return ""
+
+
+def _escaped(frame: dict[str, Any]) -> dict[str, Any]:
+    text = frame.get("text")
+    if text is not None and text[:1] == "\x1e":
+        return {"type": "websocket.send", "text": "\x1e" + text}
+    return frame
