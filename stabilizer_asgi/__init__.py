@@ -30,5 +30,6 @@ __all__ = [
     "StabilizerConfig",
     "StabilizerError",
     "StabilizerMiddleware",
+    "TokenExpiredError",
     "__version__",
 ]

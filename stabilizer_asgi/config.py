@@ -101,7 +101,9 @@ class StabilizerConfig:
         _optional_int("max_total_memory", self.max_total_memory, 1)
         _choice("eviction", self.eviction, ("lru", "fifo", "oldest"))
         if self.client_id is not None and not callable(self.client_id):
-            raise ConfigError("client_id", self.client_id, "None or a callable (scope) -> str | None")
+            raise ConfigError(
+                "client_id", self.client_id, "None or a callable (scope) -> str | None"
+            )
         _choice("duplicate_client", self.duplicate_client, ("allow", "replace", "reject"))
         _non_negative_float("resume_window", self.resume_window)
         _int("replay_buffer_messages", self.replay_buffer_messages, 0)
@@ -129,14 +131,14 @@ class StabilizerConfig:
         backend = self.backend
         if isinstance(backend, str):
             if backend != "memory" and not backend.startswith(("redis://", "rediss://", "unix://")):
-                raise ConfigError("backend", backend, "'memory', a redis:// URL or a backend object")
+                raise ConfigError(
+                    "backend", backend, "'memory', a redis:// URL or a backend object"
+                )
         elif not all(hasattr(backend, m) for m in ("start", "stop", "publish")):
             raise ConfigError("backend", backend, "'memory', a redis:// URL or a backend object")
 
     @classmethod
-    def from_kwargs(
-        cls, config: StabilizerConfig | None = None, **kwargs: Any
-    ) -> StabilizerConfig:
+    def from_kwargs(cls, config: StabilizerConfig | None = None, **kwargs: Any) -> StabilizerConfig:
         """Build a config from an optional base config plus keyword overrides."""
         if config is not None and not isinstance(config, StabilizerConfig):
             raise ConfigError("config", config, "None or a StabilizerConfig")
@@ -207,7 +209,9 @@ def _validate_secret(secret: object) -> None:
         return
     if isinstance(secret, str | bytes):
         if not secret:
-            raise ConfigError("secret", "<empty>", "None, a non-empty str/bytes or a sequence of them")
+            raise ConfigError(
+                "secret", "<empty>", "None, a non-empty str/bytes or a sequence of them"
+            )
         return
     if isinstance(secret, Sequence | Mapping) and not isinstance(secret, Mapping):
         keys = list(secret)

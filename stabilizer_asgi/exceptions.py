@@ -8,7 +8,10 @@ class StabilizerError(Exception):
 
 
 class ConfigError(StabilizerError, ValueError):
-    """An invalid configuration value; the message names the field, the value and what is allowed."""
+    """An invalid configuration value.
+
+    The message names the field, the value and what is allowed.
+    """
 
     def __init__(self, field: str, value: object, allowed: str) -> None:
         self.field = field

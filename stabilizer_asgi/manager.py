@@ -235,7 +235,10 @@ class Stabilizer:
         report = ShutdownReport(closed, failed, round(_monotonic() - started, 3))
         self._count("drained", closed)
         _log.event(
-            logger, _log.DRAINED, closed=closed, failed=failed,
+            logger,
+            _log.DRAINED,
+            closed=closed,
+            failed=failed,
             duration_ms=round(report.duration * 1000, 1),
         )
         return report
@@ -250,12 +253,15 @@ class Stabilizer:
             if conn._abort(1012, "server shutdown"):
                 closed += 1
         with anyio.move_on_after(timeout):
-            while any(c.session._conn is c for c in conns):
+            while any(c.session._conn is c for c in conns):  # noqa: ASYNC110 - polls many ends
                 await anyio.sleep(0.01)
         failed = sum(1 for c in conns if c.session._conn is c)
         report = ShutdownReport(closed - failed, failed, round(_monotonic() - started, 3))
         _log.event(
-            logger, _log.SHUTDOWN, closed=report.closed, failed=failed,
+            logger,
+            _log.SHUTDOWN,
+            closed=report.closed,
+            failed=failed,
             duration_ms=round(report.duration * 1000, 1),
         )
         return report
@@ -306,7 +312,9 @@ class Stabilizer:
                 "rtt_p99": pct(0.99),
             },
             "rejections": {
-                k.removeprefix("rejected_"): v for k, v in counters.items() if k.startswith("rejected_")
+                k.removeprefix("rejected_"): v
+                for k, v in counters.items()
+                if k.startswith("rejected_")
             },
             "broadcasts": counters.pop("broadcasts", 0),
             "memory": {"total": self._total_memory, "limit": self.config.max_total_memory},
@@ -320,9 +328,10 @@ class Stabilizer:
 
     def _ensure_service(self) -> None:
         """Make sure the housekeeping service runs in the current event loop."""
-        if self._tg is not None or self._service_starting:
-            if self._service_token is _runtime.loop_token():
-                return
+        if (
+            self._tg is not None or self._service_starting
+        ) and self._service_token is _runtime.loop_token():
+            return
         self._service_starting = True
         self._service_token = _runtime.loop_token()
         _runtime.spawn_system(self._run_service)
@@ -485,7 +494,10 @@ class Stabilizer:
     def _slow_consumer(self, conn: Connection) -> None:
         session = conn.session
         _log.event(
-            logger, _log.SLOW_CONSUMER, level=logging.WARNING, session=session.id,
+            logger,
+            _log.SLOW_CONSUMER,
+            level=logging.WARNING,
+            session=session.id,
             client=session.client_id,
         )
 
@@ -543,8 +555,12 @@ class Stabilizer:
             needed -= freed
             self._count("evictions")
             _log.event(
-                logger, _log.EVICTED, level=logging.WARNING, session=victim.id,
-                client=victim.client_id, policy=policy,
+                logger,
+                _log.EVICTED,
+                level=logging.WARNING,
+                session=victim.id,
+                client=victim.client_id,
+                policy=policy,
             )
             conn = victim._conn
             if conn is not None:

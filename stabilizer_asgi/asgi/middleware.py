@@ -149,7 +149,9 @@ class StabilizerMiddleware:
             ]
             if status == 503:
                 headers.append((b"retry-after", str(self.config.retry_after).encode()))
-            await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+            await send(
+                {"type": "websocket.http.response.start", "status": status, "headers": headers}
+            )
             await send({"type": "websocket.http.response.body", "body": body})
         else:
             await send({"type": "websocket.close", "code": 1013 if status == 503 else 1008})

@@ -124,8 +124,13 @@ def build(manager: Stabilizer) -> dict[str, Handler]:
                 return
             if manager.draining:
                 body = {"status": "draining", "connections": manager.count()}
-                await respond(send, 503, _json(body), head=method == "HEAD",
-                              headers=[(b"retry-after", str(cfg.retry_after).encode())])
+                await respond(
+                    send,
+                    503,
+                    _json(body),
+                    head=method == "HEAD",
+                    headers=[(b"retry-after", str(cfg.retry_after).encode())],
+                )
             else:
                 body = {"status": "ok", "connections": manager.count()}
                 await respond(send, 200, _json(body), head=method == "HEAD")
@@ -147,9 +152,7 @@ def build(manager: Stabilizer) -> dict[str, Handler]:
         table[cfg.drain_path] = drain
 
     if cfg.client_js_path is not None:
-        script = (
-            resources.files("stabilizer_asgi").joinpath("static/stabilizer-client.js")
-        )
+        script = resources.files("stabilizer_asgi").joinpath("static/stabilizer-client.js")
 
         async def client_js(scope: Scope, receive: Receive, send: Send) -> None:
             method = scope.get("method", "GET")
@@ -162,8 +165,12 @@ def build(manager: Stabilizer) -> dict[str, Handler]:
                 await _error(send, 404, "browser client not installed")
                 return
             await respond(
-                send, 200, body, content_type=b"text/javascript; charset=utf-8",
-                cache=b"public, max-age=3600", head=method == "HEAD",
+                send,
+                200,
+                body,
+                content_type=b"text/javascript; charset=utf-8",
+                cache=b"public, max-age=3600",
+                head=method == "HEAD",
             )
 
         table[cfg.client_js_path] = client_js

@@ -41,9 +41,12 @@ class ConnectionCounter:
         """Take a slot; return None on success or the reason it was refused."""
         if self.max_total is not None and self.total >= self.max_total:
             return "capacity"
-        if ip is not None and self.max_per_ip is not None:
-            if self.per_ip.get(ip, 0) >= self.max_per_ip:
-                return "per_ip"
+        if (
+            ip is not None
+            and self.max_per_ip is not None
+            and self.per_ip.get(ip, 0) >= self.max_per_ip
+        ):
+            return "per_ip"
         self.total += 1
         if ip is not None:
             self.per_ip[ip] = self.per_ip.get(ip, 0) + 1

@@ -1,0 +1,48 @@
+# stabilizer-asgi developer commands. Every target creates .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+BSTAMP := $(VENV)/.installed-bench
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: demo test lint format bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+$(BSTAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	touch $@
+
+## make demo: serve the chat demo on http://127.0.0.1:8000 (stats at /_stabilizer/stats)
+demo: $(STAMP)
+	$(BIN)/uvicorn examples.chat:app --host $(HOST) --port $(PORT)
+
+## make test: lint, type-check and run the whole test suite
+test: lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check stabilizer_asgi tests benchmarks examples
+	$(BIN)/ruff format --check stabilizer_asgi tests benchmarks examples
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format stabilizer_asgi tests benchmarks examples
+	$(BIN)/ruff check --fix stabilizer_asgi tests benchmarks examples
+
+## make bench: every benchmark (~10 min); results in benchmarks/results/
+bench: $(BSTAMP)
+	$(BIN)/python -m benchmarks.run
+
+## make bench-quick: reduced sizes, under a minute
+bench-quick: $(BSTAMP)
+	$(BIN)/python -m benchmarks.run --quick
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,327 @@
+"""Shared pieces of the benchmarks: result schema, statistics, machine facts, CLI plumbing."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "stabilizer-asgi-bench/1"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PROFILES = ("full", "quick", "tiny")
+STATUSES = ("ok", "not_available", "error")
+
+Json = dict[str, Any]
+
+
+# --- "ours" availability -----------------------------------------------------------------
+
+
+def ours_status() -> tuple[bool, str | None]:
+    """Whether the middleware can be imported yet, and why not if it cannot."""
+    try:
+        from stabilizer_asgi import (  # noqa: F401
+            StabilizerConfig,
+            StabilizerMiddleware,
+        )
+    except Exception as exc:  # any failure means "not there yet", never a fake number
+        return False, (
+            "stabilizer_asgi.StabilizerMiddleware/StabilizerConfig not importable yet "
+            f"({type(exc).__name__}: {exc})"
+        )
+    return True, None
+
+
+# --- measurements ------------------------------------------------------------------------
+
+
+def summarize(samples: Sequence[float], unit: str) -> Json:
+    """Median, min and max of repeated samples (the median is the reported figure)."""
+    values = [float(s) for s in samples]
+    if not values:
+        raise ValueError("no samples")
+    return {
+        "unit": unit,
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+        "samples": values,
+    }
+
+
+def ok(metrics: dict[str, Json], **info: Any) -> Json:
+    """A variant that ran: metric name -> summary."""
+    return {"status": "ok", "metrics": metrics, "info": info}
+
+
+def not_available(reason: str) -> Json:
+    """A variant that cannot run yet (no numbers, on purpose)."""
+    return {"status": "not_available", "reason": reason, "metrics": {}}
+
+
+def failed(reason: str) -> Json:
+    """A variant that was available but broke while measuring."""
+    return {"status": "error", "reason": reason[:2000], "metrics": {}}
+
+
+def median_of(variant: Json | None, metric: str) -> float | None:
+    """The median of one metric of a variant, or None when it has no number."""
+    if not variant or variant.get("status") != "ok":
+        return None
+    summary = variant["metrics"].get(metric)
+    return None if summary is None else float(summary["median"])
+
+
+def ratio(
+    variants: dict[str, Json],
+    num: str,
+    den: str,
+    metric: str,
+    *,
+    target: tuple[str, float] | None = None,
+) -> Json:
+    """``num/den`` of the metric's medians, with an optional target such as ``("<=", 1.5)``."""
+    a, b = median_of(variants.get(num), metric), median_of(variants.get(den), metric)
+    value = a / b if a is not None and b not in (None, 0.0) else None
+    entry: Json = {"name": f"{num}/{den}", "metric": metric, "value": value}
+    if target is not None:
+        op, bound = target
+        entry["target"] = {"op": op, "value": bound}
+        entry["met"] = None if value is None else (value <= bound if op == "<=" else value >= bound)
+    return entry
+
+
+def difference(
+    variants: dict[str, Json],
+    a: str,
+    b: str,
+    metric: str,
+    *,
+    target: tuple[str, float] | None = None,
+) -> Json:
+    """``a - b`` of the metric's medians (used for "bytes over bare")."""
+    va, vb = median_of(variants.get(a), metric), median_of(variants.get(b), metric)
+    value = va - vb if va is not None and vb is not None else None
+    entry: Json = {"name": f"{a}-{b}", "metric": metric, "value": value, "kind": "difference"}
+    if target is not None:
+        op, bound = target
+        entry["target"] = {"op": op, "value": bound}
+        entry["met"] = None if value is None else (value <= bound if op == "<=" else value >= bound)
+    return entry
+
+
+def case(label: str, params: Json, variants: dict[str, Json], ratios: list[Json]) -> Json:
+    """One measured situation (a size, a client count) with its variants and ratios."""
+    return {"label": label, "params": params, "variants": variants, "ratios": ratios}
+
+
+def benchmark(
+    name: str,
+    title: str,
+    primary_metric: str,
+    params: Json,
+    cases: list[Json],
+    notes: list[str],
+    started: float,
+) -> Json:
+    """The result document of one benchmark."""
+    return {
+        "name": name,
+        "title": title,
+        "primary_metric": primary_metric,
+        "params": params,
+        "cases": cases,
+        "notes": notes,
+        "duration_s": round(time.perf_counter() - started, 2),
+    }
+
+
+def guarded(fn: Callable[[], Json]) -> Json:
+    """Run one variant's measurement; an exception becomes an "error" entry, not a crash."""
+    try:
+        return fn()
+    except Exception as exc:
+        return failed(f"{type(exc).__name__}: {exc}")
+
+
+# --- machine facts -------------------------------------------------------------------------
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def machine_info() -> Json:
+    """Facts about this machine that change what the numbers mean."""
+    try:
+        import psutil
+
+        total_memory: int | None = int(psutil.virtual_memory().total)
+    except Exception:
+        total_memory = None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_bytes": total_memory,
+        "open_files_limit": [soft, hard],
+        "event_loop": "asyncio (uvloop not installed)" if _version("uvloop") is None else "uvloop",
+        "cpu_note": (
+            "server and load-generating clients share the same cores; clients run in separate "
+            "processes, so client work competes with the server for CPU"
+        ),
+    }
+
+
+def versions() -> Json:
+    """Versions of everything under test."""
+    dists = (
+        "stabilizer-asgi",
+        "fastapi-websocket-stabilizer",
+        "uvicorn",
+        "websockets",
+        "starlette",
+        "fastapi",
+        "anyio",
+        "h11",
+        "httptools",
+        "uvloop",
+        "psutil",
+        "matplotlib",
+    )
+    out: Json = {d: _version(d) for d in dists}
+    out["git_revision"] = _git_revision()
+    return out
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- OS helpers ----------------------------------------------------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's open-files soft limit to the hard limit; returns the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft
+
+
+# --- CLI plumbing --------------------------------------------------------------------------
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Flags every benchmark accepts."""
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="full",
+        help="size preset: full (make bench), quick (make bench-quick), tiny (smoke test)",
+    )
+    parser.add_argument("--quick", action="store_true", help="same as --profile quick")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default per profile)")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated subset of variants to run (default: all)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="write the result document here (default: benchmarks/results/<name>.json)",
+    )
+
+
+def resolve_profile(args: argparse.Namespace) -> str:
+    return "quick" if getattr(args, "quick", False) else str(args.profile)
+
+
+def selected(variants: Sequence[str], arg: str | None) -> list[str]:
+    """The variants to run, in canonical order."""
+    if not arg:
+        return list(variants)
+    wanted = {v.strip() for v in arg.split(",") if v.strip()}
+    unknown = wanted - set(variants)
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {sorted(unknown)}; choose from {list(variants)}")
+    return [v for v in variants if v in wanted]
+
+
+def finish_standalone(result: Json, path: Path | None) -> int:
+    """Print a short table and write the JSON of a benchmark run on its own."""
+    from benchmarks.report import benchmark_markdown
+
+    target = path or RESULTS_DIR / f"{result['name']}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "schema": SCHEMA,
+        "generated_at": now_iso(),
+        "machine": machine_info(),
+        "versions": versions(),
+        "benchmarks": {result["name"]: result},
+    }
+    target.write_text(json.dumps(document, indent=2) + "\n")
+    print(benchmark_markdown(result))
+    print(f"\nwritten: {target}")
+    return 0
+
+
+def emit(obj: Json) -> None:
+    """Write one JSON line to stdout (worker processes talk to their parent this way)."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
