@@ -6,7 +6,7 @@ import json
 import logging
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -20,8 +20,15 @@ from .core import wire
 from .core.heartbeat import TimerWheel
 from .core.limits import ConnectionCounter
 from .core.registry import Registry
+from .core.replay import ReplayBuffer
 from .core.session import Session, SessionState
-from .exceptions import MemoryLimitExceededError, SessionNotFoundError
+from .core.tokens import TokenSigner, normalize_secret
+from .exceptions import (
+    InvalidTokenError,
+    MemoryLimitExceededError,
+    SessionNotFoundError,
+    TokenExpiredError,
+)
 
 if TYPE_CHECKING:
     from .asgi.connection import Connection
@@ -29,6 +36,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger("stabilizer_asgi")
 
 _monotonic = time.monotonic
+
+# Close codes after which an opted-in session stays resumable (DETACHED) rather than ending:
+# an abnormal drop, a heartbeat timeout, the server going away or restarting. 1005 ("no status")
+# is included because uvicorn reports a lost TCP connection as 1005, not 1006; a client that
+# means to end its session closes with 1000 or 1001.
+DETACH_CODES = frozenset({1005, 1006, 1011, 1012, 1014})
+# Ids of recently expired sessions, so a late token is answered "expired" rather than "unknown".
+MAX_TOMBSTONES = 4096
+# Expired detached sessions swept per housekeeping tick (bounded work per tick).
+SWEEP_BATCH = 1000
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -87,6 +104,21 @@ class Stabilizer:
         self._started = _monotonic()
         self._rtts: deque[float] = deque(maxlen=2048)
         self.counters: dict[str, int] = {}
+        keys, generated = normalize_secret(cfg.secret)
+        self._signer = TokenSigner(keys)
+        self._resumable = (
+            cfg.resume_window > 0 and cfg.replay_buffer_messages > 0 and cfg.replay_buffer_bytes > 0
+        )
+        self._detached: deque[tuple[float, Session]] = deque()
+        self._tombstones: OrderedDict[str, None] = OrderedDict()
+        if generated:
+            _log.event(
+                logger,
+                _log.SECRET_GENERATED,
+                level=logging.WARNING,
+                detail="no secret configured: reconnect tokens use a random per-process key and "
+                "will not survive a restart or work across workers",
+            )
 
     # ------------------------------------------------------------------ queries
 
@@ -130,11 +162,21 @@ class Stabilizer:
         session = self._registry.get(session_id)
         if session is None:
             return False
+        escaped = _escaped(frame)
         conn = session._conn
         if conn is None:
-            return False
-        escaped = _escaped(frame)
+            return self._buffer_detached(session, escaped, size)
         return bool(conn.offer(frame, escaped, size, _monotonic()) == 0)
+
+    def _buffer_detached(self, session: Session, escaped: dict[str, Any], size: int) -> bool:
+        """A frame for a detached session waits in its replay buffer for the resume."""
+        if session._replay is None or session.state is not SessionState.DETACHED:
+            return False
+        if not session._buffer_out(escaped, size):
+            return False
+        session.frames_out += 1
+        session.bytes_out += size
+        return True
 
     async def broadcast(
         self,
@@ -164,7 +206,10 @@ class Stabilizer:
             total += 1
             conn = session._conn
             if conn is None:
-                failed += 1
+                if self._buffer_detached(session, escaped, size):
+                    delivered += 1
+                else:
+                    failed += 1
                 continue
             result = conn.offer(frame, escaped, size, now)
             if result == 0:
@@ -374,6 +419,8 @@ class Stabilizer:
         while True:
             await anyio.sleep(self._tick)
             now = _monotonic()
+            if self._detached:
+                self._sweep(now)
             for conn in wheel.pop_due(now):
                 if conn._hb_done:
                     continue
@@ -410,34 +457,135 @@ class Stabilizer:
             memory_limit=self.config.max_memory_per_session,
             on_charge=self._on_charge,
         )
+        if opted_in and self._resumable:
+            cfg = self.config
+            session._replay = ReplayBuffer(cfg.replay_buffer_messages, cfg.replay_buffer_bytes)
         self._connecting[session.id] = session
+        return session
+
+    def _open_session(
+        self, opt_in: wire.OptIn, client_id: str | None, remote: tuple[str, int] | None
+    ) -> tuple[Session, int | None, str | None]:
+        """The session for a new connection: `(session, resume_ack, reason)`.
+
+        With a valid resume request the detached (or half-open) session is claimed for this
+        connection and `resume_ack` is the client's `stabilizer_ack`; otherwise a new session is
+        made and `reason` says why the old one could not be resumed (None if none was asked for).
+        """
+        reason = None
+        if opt_in.opted_in and opt_in.resume_token is not None:
+            session, reason = self._claim(opt_in)
+            if session is not None:
+                assert opt_in.resume_ack is not None
+                return session, opt_in.resume_ack, None
+            self._count("resume_failed_" + reason)
+        return self._new_session(client_id, opt_in.opted_in, remote), None, reason
+
+    def _claim(self, opt_in: wire.OptIn) -> tuple[Session | None, str]:
+        """Check a resume request against the session it names; take the session over if it
+        can be resumed exactly. Nothing about the session changes when it cannot."""
+        if not self._resumable:
+            return None, "unknown"
+        try:
+            session = self._check_token(opt_in.resume_token)
+        except TokenExpiredError:
+            return None, "expired"
+        except InvalidTokenError as exc:
+            return None, "unknown" if isinstance(exc, _UnknownSession) else "invalid"
+        ack = opt_in.resume_ack
+        replay = session._replay
+        if opt_in.ack_invalid or ack is None or replay is None or ack > replay.sent:
+            return None, "invalid"
+        if replay.since(ack) is None:
+            return None, "gap"
+        old = session._conn
+        if old is not None:
+            # The previous connection is still open here (half-open, or the client gave up on
+            # it first): it is superseded, and whatever it read but its app never took moves on.
+            if old._phase == 0:  # CONNECTING: another resume of this session is in progress
+                return None, "invalid"
+            self._detach(old)
+            old._abort(1000, "session resumed on another connection")
+        session._ack_out(ack)
+        return session, ""
+
+    def _check_token(self, token: object) -> Session:
+        session_id, generation = self._signer.verify(token)
+        session = self._registry.get(session_id)
+        if session is None:
+            if session_id in self._tombstones:
+                raise TokenExpiredError("the session's resume window has passed")
+            raise _UnknownSession("no such session")
+        if generation != session._generation:
+            raise InvalidTokenError("token already used")
+        if session.state is SessionState.DETACHED:
+            detached_at = session._detached_at
+            if detached_at is not None and _monotonic() - detached_at > self.config.resume_window:
+                raise TokenExpiredError("the session's resume window has passed")
+        elif session.state is not SessionState.CONNECTED:
+            raise _UnknownSession("session is closed")
         return session
 
     async def _accepted(self, conn: Connection) -> None:
         """The app accepted: register the session, start its heartbeat, greet an opted-in client."""
         session = conn.session
-        self._connecting.pop(session.id, None)
+        cfg = self.config
+        replay: list[Any] = []
+        resume_ack = conn._resume_ack
+        resumed = resume_ack is not None
+        if resume_ack is not None:
+            assert session._replay is not None
+            frames = session._replay.since(resume_ack)
+            if frames is None:
+                # The backlog overflowed while the app was accepting: the client retries and
+                # gets a new session with reason "gap".
+                conn._abort(1013, "resume gap, reconnect")
+                return
+            replay = frames
+            session._generation += 1
+            session._detached_at = None
+            session.resumed = True
+            session.close_code = None
+            session.close_reason = ""
+            session._last_in = _monotonic()
+            self._count("resumed")
+        else:
+            self._connecting.pop(session.id, None)
+            self._reg_seq += 1
+            session._seq = self._reg_seq
+            self._registry.add(session)
         session._conn = conn
         session.state = SessionState.CONNECTED
-        self._reg_seq += 1
-        session._seq = self._reg_seq
-        self._registry.add(session)
-        cfg = self.config
         if conn._hb:
             self._wheel.schedule(conn, session._last_in + cfg.heartbeat_interval)
         if conn._proto == "control":
+            carried = len(session._carry) if session._carry else 0
             hello = wire.encode_control(
                 "hello",
                 v=wire.VERSION,
                 session=session.id,
-                token=self.issue_token(session.id),
+                token=self.issue_token(session.id) if self._resumable else "",
                 interval=cfg.heartbeat_interval,
                 timeout=cfg.heartbeat_timeout,
-                resumed=False,
-                reason=None,
-                ack=session.frames_in,
+                resumed=resumed,
+                reason=None if resumed else conn._resume_reason,
+                ack=session.frames_in + carried,
             )
-            await conn._send({"type": "websocket.send", "text": hello})
+            send = conn._send
+            await send({"type": "websocket.send", "text": hello})
+            for frame in replay:
+                await send(frame)
+        if resumed:
+            _log.event(
+                logger,
+                _log.RESUMED,
+                session=session.id,
+                client=session.client_id,
+                remote=session.remote,
+                replayed=len(replay),
+            )
+            self._hook("on_resume", session)
+            return
         self._count("connections_accepted")
         _log.event(
             logger,
@@ -449,20 +597,96 @@ class Stabilizer:
         )
         self._hook("on_connect", session)
 
+    def _bind(self, conn: Connection, resume_ack: int | None, reason: str | None) -> None:
+        """Attach a new connection to the session `_open_session` chose for it."""
+        conn._resume_ack = resume_ack
+        conn._resume_reason = reason
+        if resume_ack is not None:
+            conn.session._conn = conn  # claimed: frames sent meanwhile wait for the replay
+
     def _ended(self, conn: Connection) -> None:
-        """The app returned: the session is over (or detached once resume exists)."""
+        """The app returned: the session ends, or stays resumable after an abnormal drop."""
         conn.finish()
         session = conn.session
         self._connecting.pop(session.id, None)
         if session._conn is not conn:
+            return  # never accepted, or superseded by a resume on another connection
+        if not conn._opened:
+            # A resume the app did not accept: the session stays detached, window restarted.
+            session._conn = None
+            self._enqueue_detached(session)
             return
-        if conn._server_disconnect is not None and session.close_code is None:
-            session.close_code = conn._server_disconnect.get("code", 1005)
-            session.close_reason = conn._server_disconnect.get("reason") or ""
+        if session.close_code is None:
+            if conn._server_disconnect is not None:
+                session.close_code = conn._server_disconnect.get("code", 1005)
+                session.close_reason = conn._server_disconnect.get("reason") or ""
+            elif conn._send_failed:
+                session.close_code = 1006
+        if (
+            session._replay is not None
+            and not conn._app_closed
+            and session.close_code in DETACH_CODES
+        ):
+            self._detach(conn)
+            return
+        self._end(session)
+
+    def _detach(self, conn: Connection) -> None:
+        """Keep the session resumable for `resume_window`, with what its app had not read."""
+        session = conn.session
+        inbox = conn._inbox
+        if inbox:
+            unread = [m for m in inbox if m.get("type") == "websocket.receive"]
+            if unread:
+                if session._carry is None:
+                    session._carry = deque()
+                session._carry.extend(unread)
+            inbox.clear()
+        session._conn = None
+        self._enqueue_detached(session)
+        self._count("detached")
+        _log.event(
+            logger,
+            _log.DETACHED,
+            session=session.id,
+            client=session.client_id,
+            code=session.close_code,
+            reason=session.close_reason,
+        )
+
+    def _enqueue_detached(self, session: Session) -> None:
+        now = _monotonic()
+        session.state = SessionState.DETACHED
+        session._detached_at = now
+        self._detached.append((now + self.config.resume_window, session))
+
+    def _sweep(self, now: float) -> None:
+        """End detached sessions whose resume window has passed (bounded work per call)."""
+        queue = self._detached
+        window = self.config.resume_window
+        for _ in range(SWEEP_BATCH):
+            if not queue or queue[0][0] > now:
+                return
+            _, session = queue.popleft()
+            if session.state is not SessionState.DETACHED or session._conn is not None:
+                continue  # resumed, ended, or being resumed right now
+            detached_at = session._detached_at
+            if detached_at is not None and detached_at + window > now:
+                continue  # detached again later: a newer entry is queued
+            tombstones = self._tombstones
+            tombstones[session.id] = None
+            if len(tombstones) > MAX_TOMBSTONES:
+                tombstones.popitem(last=False)
+            self._count("expired")
+            self._end(session, expired=True)
+
+    def _end(self, session: Session, *, expired: bool = False) -> None:
+        """The session is over: forget it, free its memory, log, run `on_disconnect`."""
         session._conn = None
         session.state = SessionState.CLOSED
         self._registry.remove(session)
         session._release_data()
+        session._release_buffers()
         duration = time.time() - session.created_at
         _log.event(
             logger,
@@ -472,6 +696,7 @@ class Stabilizer:
             code=session.close_code,
             reason=session.close_reason,
             duration_ms=round(duration * 1000, 1),
+            expired=expired,
         )
         self._hook("on_disconnect", session)
 
@@ -552,6 +777,7 @@ class Stabilizer:
                 break
             freed = victim._mem
             victim._release_data()
+            victim._release_buffers()
             needed -= freed
             self._count("evictions")
             _log.event(
@@ -566,15 +792,24 @@ class Stabilizer:
             if conn is not None:
                 conn._abort(1013, "memory limit")
             else:
-                self._registry.remove(victim)
-                victim.state = SessionState.CLOSED
+                self._end(victim)
 
     # ------------------------------------------------------------------ tokens (resume)
 
     def issue_token(self, session_id: str) -> str:
-        """A reconnect token for the session (replaced by a signed token once resume lands)."""
-        self._require(session_id)
-        return ""
+        """A reconnect token for the session: single use, valid while the session can be
+        resumed (it is connected, or detached for less than `resume_window`)."""
+        session = self._require(session_id)
+        return self._signer.sign(session.id, session._generation)
+
+    async def validate_token(self, token: str) -> str:
+        """The session id a token resumes; `InvalidTokenError` (tampered, foreign key, used,
+        unknown session) or `TokenExpiredError` (resume window passed) otherwise."""
+        return self._check_token(token).id
+
+
+class _UnknownSession(InvalidTokenError):
+    """A genuine token for a session this process does not have."""
 
 
 def _escaped(frame: dict[str, Any]) -> dict[str, Any]:

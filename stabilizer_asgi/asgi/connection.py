@@ -73,6 +73,11 @@ class Connection:
         "_writer_scope",
         "_hb_done",
         "_server_disconnect",
+        "_resume_ack",
+        "_resume_reason",
+        "_opened",
+        "_app_closed",
+        "_send_failed",
         "__weakref__",
     )
 
@@ -116,11 +121,19 @@ class Connection:
         self._writer_scope: anyio.CancelScope | None = None
         self._hb_done = False
         self._server_disconnect: Message | None = None
+        # Set when this connection resumes a detached session: the client's `stabilizer_ack`.
+        self._resume_ack: int | None = None
+        self._resume_reason: str | None = None
+        self._opened = False
+        self._app_closed = False
+        self._send_failed = False
 
     # ------------------------------------------------------------------ receive side
 
     async def receive(self) -> Message:
         """The app's `receive`: control frames and limits handled, data passed through."""
+        if self.session._carry and self._phase == OPEN and self._closing is None:
+            return self._take_carried()
         if self._inbox is not None:
             return await self._receive_buffered()
         while True:
@@ -149,10 +162,38 @@ class Connection:
             out = self._inbound(message)
             if out is not None:
                 if out.get("type") == "websocket.receive":
-                    self.session.frames_in += 1
+                    self._took(out)
                 return out
             if self._inbox is not None:  # pragma: no cover - a reader cannot start mid-receive
                 return await self._receive_buffered()
+
+    def _took(self, message: Message) -> None:
+        """The app took a data frame: it now counts as received (and is acknowledged)."""
+        session = self.session
+        session.frames_in += 1
+        if session._replay is not None:
+            session._unacked_in += 1
+            text = message.get("text")
+            data = text if text is not None else message.get("bytes")
+            session._unacked_in_bytes += len(data) if data is not None else 0
+            cfg = self._mgr.config
+            if (
+                session._unacked_in * 4 >= cfg.replay_buffer_messages
+                or session._unacked_in_bytes * 4 >= cfg.replay_buffer_bytes
+            ):
+                # Let the client trim its replay buffer well before it can overflow.
+                session._unacked_in = session._unacked_in_bytes = 0
+                self._offer_control(wire.encode_control("ack", n=session.frames_in))
+
+    def _take_carried(self) -> Message:
+        """A frame read off the session's previous connection that its app never took."""
+        carry = self.session._carry
+        assert carry is not None
+        message = carry.popleft()
+        if not carry:
+            self.session._carry = None
+        self._took(message)
+        return message
 
     def _inbound(self, message: Message) -> Message | None:
         """Handle one message from the server; return what the app should see, or None."""
@@ -204,6 +245,9 @@ class Connection:
             return
         kind = frame["t"]
         session = self.session
+        n = wire.as_count(frame.get("n"))
+        if n is not None:
+            session._ack_out(n)
         if kind == "pong":
             ts = frame.get("ts")
             if session._ping_ts is not None and ts == session._ping_ts:
@@ -216,7 +260,8 @@ class Connection:
                 return
             self._offer_control(wire.encode_control("pong", ts=ts, n=session.frames_in))
         elif kind == "ack":
-            pass  # replay buffers are trimmed here once resume lands
+            if n is None:
+                mgr._count("control_malformed")
         else:
             mgr._count("control_unknown")
 
@@ -234,7 +279,7 @@ class Connection:
                     self._inbox_space = None
                     space.set()
                 if message.get("type") == "websocket.receive":
-                    self.session.frames_in += 1
+                    self._took(message)
                 return message
             ready = self._inbox_ready = anyio.Event()
             await ready.wait()
@@ -294,12 +339,15 @@ class Connection:
                 session = self.session
                 session.frames_out += 1
                 session.bytes_out += size
+                if session._replay is not None:
+                    session._buffer_out(message, size)
                 await self._app_send(message, size)
                 return
             if kind == "websocket.close":
                 if self._closing is not None:
                     return  # the middleware closed it already; closing twice is harmless
                 self._phase = CLOSED
+                self._app_closed = True
                 session = self.session
                 session.close_code = message.get("code", 1000)
                 session.close_reason = message.get("reason") or ""
@@ -309,7 +357,16 @@ class Connection:
             if kind == "websocket.accept":
                 await self._send(message)
                 self._phase = OPEN
-                await self._mgr._accepted(self)
+                self._opened = True
+                # Nothing else may reach the socket before the greeting (and any replay).
+                self._busy = True
+                try:
+                    await self._mgr._accepted(self)
+                finally:
+                    if self._outq:
+                        self._mgr._spawn(self._flush)
+                    else:
+                        self._busy = False
                 return
             if kind == "websocket.close":
                 await self._send(message)
@@ -343,6 +400,9 @@ class Connection:
                 self._send_task = task
                 try:
                     await self._send(message)
+                except Exception:
+                    self._send_failed = True
+                    raise
                 except asyncio.CancelledError:
                     if self._send_interrupted and task is not None:
                         self._send_interrupted = False
@@ -354,7 +414,11 @@ class Connection:
             else:
                 with anyio.CancelScope() as scope:
                     self._send_scope = scope
-                    await self._send(message)
+                    try:
+                        await self._send(message)
+                    except Exception:
+                        self._send_failed = True
+                        raise
                 self._send_scope = None
                 if scope.cancelled_caught:
                     raise WebSocketDisconnect(*(self._closing or (1006, "")))
@@ -366,13 +430,20 @@ class Connection:
 
     def offer(self, frame: Message, escaped: Message, size: int, now: float) -> int:
         """Hand a data frame to this connection without waiting (manager sends, broadcast)."""
-        if self._phase != OPEN or self._closing is not None:
-            return FAILED
         session = self.session
+        if self._phase != OPEN or self._closing is not None:
+            if session._replay is not None and self._phase == CONNECTING:
+                # A resume is being accepted: the frame is replayed right after the greeting.
+                return DELIVERED if session._buffer_out(escaped, size) else FAILED
+            return FAILED
         session.frames_out += 1
         session.bytes_out += size
         session._last_out = now
-        return self._offer(escaped if self._proto == "control" else frame, size)
+        if self._proto == "control":
+            if session._replay is not None:
+                session._buffer_out(escaped, size)
+            return self._offer(escaped, size)
+        return self._offer(frame, size)
 
     def _offer_control(self, text: str) -> int:
         if self._phase != OPEN or self._closing is not None:

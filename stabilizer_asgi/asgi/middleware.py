@@ -110,8 +110,9 @@ class StabilizerMiddleware:
             mode = cfg.heartbeat
             heartbeat = mode == "always" or (mode == "auto" and control)
             remote = (client[0], client[1]) if client else None
-            session = manager._new_session(client_id, control, remote)
+            session, resume_ack, resume_reason = manager._open_session(opt_in, client_id, remote)
             conn = Connection(manager, session, receive, send, control=control, heartbeat=heartbeat)
+            manager._bind(conn, resume_ack, resume_reason)
             # Servers hand each connection a shallow copy of the lifespan state: copy it again
             # rather than writing into a dict the server or another middleware may share.
             state = scope.get("state")
@@ -162,17 +163,32 @@ class StabilizerMiddleware:
 
         async def lifespan_receive() -> Message:
             message = await receive()
-            if message.get("type") == "lifespan.shutdown":
+            kind = message.get("type")
+            if kind == "lifespan.startup":
+                # A new run of the same app object (e.g. one `TestClient(app)` per test) serves
+                # again: the previous run's shutdown must not keep refusing every handshake.
+                manager._draining = False
+            elif kind == "lifespan.shutdown":
                 # Servers that send this before closing sockets get a graceful shutdown here.
                 await manager.shutdown()
             return message
 
+        error: Exception | None = None
         async with anyio.create_task_group() as tg:
             await tg.start(manager._run_service)
             try:
                 await self.app(scope, lifespan_receive, send)
+            except Exception as exc:
+                error = exc
             finally:
                 tg.cancel_scope.cancel()
+        if error is not None:
+            # Raised outside the task group so the server gets the app's own exception (e.g.
+            # an app without lifespan support), not an ExceptionGroup wrapping it.
+            try:
+                raise error
+            finally:
+                error = None
 
 
 def _route_path(scope: Scope) -> str:

@@ -6,10 +6,12 @@ import enum
 import secrets
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 from ..exceptions import MemoryLimitExceededError
+from .replay import ReplayBuffer
 
 _EMPTY: frozenset[str] = frozenset()
 _MAX_SIZEOF_NODES = 10_000
@@ -131,6 +133,10 @@ class Session:
         "_generation",
         "_ping_at",
         "_ping_ts",
+        "_replay",
+        "_carry",
+        "_unacked_in",
+        "_unacked_in_bytes",
         "__weakref__",
     )
 
@@ -175,6 +181,13 @@ class Session:
         self._generation = 0
         self._ping_at: float | None = None
         self._ping_ts: float | None = None
+        # Resume (opted-in sessions): server→client frames not yet acknowledged by the client,
+        # frames read off a dropped connection that its app never took, and how many frames the
+        # app took since the last `ack` sent to the client.
+        self._replay: ReplayBuffer[MutableMapping[str, Any]] | None = None
+        self._carry: deque[MutableMapping[str, Any]] | None = None
+        self._unacked_in = 0
+        self._unacked_in_bytes = 0
 
     @property
     def data(self) -> SessionData:
@@ -215,6 +228,49 @@ class Session:
             self._mem -= freed
             if self._on_charge is not None and freed:
                 self._on_charge(self, -freed)
+
+    def _release_buffers(self) -> None:
+        """Free the replay buffer and carried frames (the session cannot be resumed any more)."""
+        freed = 0
+        replay = self._replay
+        if replay is not None:
+            freed += replay.nbytes
+            replay.clear()
+        carry = self._carry
+        if carry is not None:
+            self._carry = None
+        if freed:
+            self._mem -= freed
+            if self._on_charge is not None:
+                self._on_charge(self, -freed)
+
+    def _buffer_out(self, frame: MutableMapping[str, Any], size: int) -> bool:
+        """Hold an outbound data frame for replay; False if memory limits forbid (a gap)."""
+        replay = self._replay
+        assert replay is not None
+        before = replay.nbytes
+        replay.append(frame, size)
+        delta = replay.nbytes - before
+        if delta:
+            try:
+                self._charge(delta)
+            except MemoryLimitExceededError:
+                # Cannot hold it: forget the backlog, so a resume reports a gap, never a hole.
+                replay.clear()
+                self._charge(-before)
+                return False
+        return True
+
+    def _ack_out(self, n: int) -> None:
+        """The client confirms server→client frames 1..n: free them."""
+        replay = self._replay
+        if replay is None:
+            return
+        before = replay.nbytes
+        replay.ack(n)
+        freed = before - replay.nbytes
+        if freed:
+            self._charge(-freed)
 
     def __repr__(self) -> str:
         return (
