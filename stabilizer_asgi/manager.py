@@ -15,6 +15,7 @@ import anyio.abc
 
 from . import logging as _log
 from .asgi import _runtime
+from .backends import Envelope, SessionRecord, create_backend
 from .config import StabilizerConfig
 from .core import wire
 from .core.heartbeat import TimerWheel
@@ -104,6 +105,8 @@ class Stabilizer:
         self._started = _monotonic()
         self._rtts: deque[float] = deque(maxlen=2048)
         self.counters: dict[str, int] = {}
+        self.backend = create_backend(cfg.backend)
+        self._backend_started = False
         keys, generated = normalize_secret(cfg.secret)
         self._signer = TokenSigner(keys)
         self._resumable = (
@@ -187,17 +190,30 @@ class Stabilizer:
     ) -> BroadcastResult:
         """Send to every session (or a group's members) except `exclude`; never waits."""
         frame, size = encode_message(message)
+        if exclude is None:
+            skip: frozenset[str] = frozenset()
+        elif isinstance(exclude, str):
+            skip = frozenset((exclude,))
+        else:
+            skip = frozenset(exclude)
+        if not self._backend_started:
+            await self.backend.start(self._deliver)
+            self._backend_started = True
+        counts = await self.backend.publish(Envelope(frame, size, group, skip))
+        self._count("broadcasts")
+        return BroadcastResult(*counts)
+
+    def _deliver(self, envelope: Envelope) -> tuple[int, int, int, int]:
+        """Fan a broadcast out to this process's sessions (called by the backend)."""
+        frame = envelope.frame
+        size = envelope.size
         escaped = _escaped(frame)
+        group = envelope.group
         if group is None:
             targets: Iterable[Session] = list(self._registry)
         else:
             targets = list(self._registry.members(group).values())
-        if exclude is None:
-            skip: Collection[str] = ()
-        elif isinstance(exclude, str):
-            skip = (exclude,)
-        else:
-            skip = exclude if isinstance(exclude, set | frozenset | dict) else set(exclude)
+        skip = envelope.exclude
         now = _monotonic()
         total = delivered = dropped = failed = 0
         for session in targets:
@@ -218,8 +234,7 @@ class Stabilizer:
                 dropped += 1
             else:
                 failed += 1
-        self._count("broadcasts")
-        return BroadcastResult(total, delivered, dropped, failed)
+        return total, delivered, dropped, failed
 
     async def join(self, session_id: str, group: str) -> None:
         """Add a session to a group (created on first join)."""
@@ -549,6 +564,7 @@ class Stabilizer:
             session.close_reason = ""
             session._last_in = _monotonic()
             self._count("resumed")
+            self._spawn(self.backend.delete_session, session.id)
         else:
             self._connecting.pop(session.id, None)
             self._reg_seq += 1
@@ -645,6 +661,10 @@ class Stabilizer:
         session._conn = None
         self._enqueue_detached(session)
         self._count("detached")
+        record = SessionRecord(
+            session.id, session.client_id, session.groups, session._generation, time.time()
+        )
+        self._spawn(self.backend.save_session, record, self.config.resume_window)
         _log.event(
             logger,
             _log.DETACHED,
@@ -682,6 +702,8 @@ class Stabilizer:
 
     def _end(self, session: Session, *, expired: bool = False) -> None:
         """The session is over: forget it, free its memory, log, run `on_disconnect`."""
+        if session.state is SessionState.DETACHED:
+            self._spawn(self.backend.delete_session, session.id)
         session._conn = None
         session.state = SessionState.CLOSED
         self._registry.remove(session)
