@@ -6,6 +6,8 @@ asyncio and trio and use only the public `Backend` protocol.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import anyio
 import pytest
 
@@ -19,7 +21,7 @@ def record(sid: str = "s1", generation: int = 0) -> SessionRecord:
 class BackendContract:
     """Behaviour every backend must have."""
 
-    pytestmark = (pytest.mark.anyio,)
+    pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.anyio]
 
     async def test_is_a_backend(self, backend: Backend) -> None:
         assert isinstance(backend, Backend)
