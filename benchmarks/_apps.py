@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
 from collections.abc import AsyncIterator
@@ -82,9 +83,38 @@ def _bench_routes(hub: Hub, mode: str) -> list[Route]:
             count = len(hub.sockets)
         return JSONResponse({"connections": count, "pid": os.getpid()})
 
+    async def bench_gc(request: Request) -> JSONResponse:
+        collected = gc.collect()
+        return JSONResponse({"collected": collected})
+
+    async def bench_send(request: Request) -> JSONResponse:
+        # Frames to one session (connected or detached): what resume must replay.
+        session_id = request.query_params["session"]
+        count = int(request.query_params.get("count", "1"))
+        prefix = request.query_params.get("prefix", "R")
+        stab = request.state.stabilizer
+        sent = 0
+        for i in range(count):
+            sent += bool(await stab.send(session_id, f"{prefix}:{i}"))
+        return JSONResponse({"sent": sent})
+
+    async def bench_session(request: Request) -> JSONResponse:
+        session = request.state.stabilizer.get(request.query_params["id"])
+        state = None if session is None else getattr(session.state, "value", str(session.state))
+        return JSONResponse({"state": state})
+
+    async def bench_stats(request: Request) -> JSONResponse:
+        if mode == "ours":
+            return JSONResponse(request.state.stabilizer.stats())
+        return JSONResponse({})
+
     return [
         Route("/bench/broadcast", bench_broadcast, methods=["POST"]),
         Route("/bench/info", bench_info),
+        Route("/bench/gc", bench_gc, methods=["POST"]),
+        Route("/bench/send", bench_send, methods=["POST"]),
+        Route("/bench/session", bench_session),
+        Route("/bench/stats", bench_stats),
     ]
 
 
@@ -122,6 +152,17 @@ def ours_app(hub: Hub, **config: Any) -> ASGIApp:
     return app
 
 
+def _add_fastapi_ws(app: Any, endpoint: Any, websocket_class: type) -> None:
+    """Register ``endpoint`` at ``/ws/{client_id}`` as ``@app.websocket`` would.
+
+    This module uses postponed annotations, so FastAPI would see the *string*
+    ``"FastAPIWebSocket"`` (imported locally, invisible to the function's globals) and treat
+    the parameter as a required query field. Give it the real classes first.
+    """
+    endpoint.__annotations__ = {"websocket": websocket_class, "client_id": str, "return": None}
+    app.add_api_websocket_route("/ws/{client_id}", endpoint)
+
+
 def seed_app(hub: Hub, *, heartbeat_interval: float, heartbeat_timeout: float) -> ASGIApp:
     """The seed package used as its README shows."""
     from fastapi import FastAPI
@@ -145,7 +186,6 @@ def seed_app(hub: Hub, *, heartbeat_interval: float, heartbeat_timeout: float) -
 
     app = FastAPI(lifespan=lifespan)
 
-    @app.websocket("/ws/{client_id}")
     async def websocket_endpoint(websocket: FastAPIWebSocket, client_id: str) -> None:
         await websocket.accept()
         try:
@@ -163,6 +203,7 @@ def seed_app(hub: Hub, *, heartbeat_interval: float, heartbeat_timeout: float) -
             with contextlib.suppress(ConnectionNotFoundError):
                 await ws_manager.disconnect(client_id)
 
+    _add_fastapi_ws(app, websocket_endpoint, FastAPIWebSocket)
     app.router.routes.extend(_bench_routes(hub, "seed"))
     return app
 
@@ -174,7 +215,6 @@ def bare_fastapi_app(hub: Hub) -> ASGIApp:
 
     app = FastAPI()
 
-    @app.websocket("/ws/{client_id}")
     async def websocket_endpoint(websocket: FastAPIWebSocket, client_id: str) -> None:
         await websocket.accept()
         key = id(websocket)
@@ -188,6 +228,7 @@ def bare_fastapi_app(hub: Hub) -> ASGIApp:
         finally:
             hub.sockets.pop(key, None)
 
+    _add_fastapi_ws(app, websocket_endpoint, FastAPIWebSocket)
     app.router.routes.extend(_bench_routes(hub, "raw"))
     return app
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,7 @@ class Transport:
         "hellos",
         "pings",
         "reached",
+        "reached_at",
         "target",
     )
 
@@ -49,6 +51,7 @@ class Transport:
         self.data_frames = 0
         self.target = -1
         self.reached = asyncio.Event()
+        self.reached_at = 0.0
         self.pings = 0
         self.hellos = 0
         self.closed = 0
@@ -59,6 +62,7 @@ class Transport:
         self.reached = asyncio.Event()
         self.target = self.data_frames + count
         if count <= 0:
+            self.reached_at = time.perf_counter()
             self.reached.set()
         return self.reached
 
@@ -110,6 +114,7 @@ class MemoryConnection:
             self.received += 1
             transport.data_frames += 1
             if transport.data_frames == transport.target:
+                transport.reached_at = time.perf_counter()
                 transport.reached.set()
         elif kind == "websocket.accept":
             transport.accepted += 1

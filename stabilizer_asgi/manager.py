@@ -47,6 +47,8 @@ DETACH_CODES = frozenset({1005, 1006, 1011, 1012, 1014})
 MAX_TOMBSTONES = 4096
 # Expired detached sessions swept per housekeeping tick (bounded work per tick).
 SWEEP_BATCH = 1000
+# Seconds drain() waits for the apps of the connections it closed to unwind.
+DRAIN_GRACE = 5.0
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -272,16 +274,16 @@ class Stabilizer:
         _log.event(logger, _log.DRAIN_STARTED, connections=len(conns), period=period)
         hinted = [c for c in conns if c._proto == "control"]
         plain = [c for c in conns if c._proto != "control"]
-        closed = failed = 0
+        # A connection that is already closing (or whose client leaves meanwhile) is not ours
+        # to count; one we closed counts as closed once its app has unwound, else as failed.
+        aborted: list[Connection] = []
         for conn in hinted:
             after_ms = int(random.uniform(0.0, period) * 1000)
             conn._offer_control(
                 wire.encode_control("reconnect", after_ms=after_ms, reason="draining")
             )
             if conn._abort(1012, "server draining"):
-                closed += 1
-            else:
-                failed += 1
+                aborted.append(conn)
         if plain:
             moments = sorted(random.uniform(0.0, period) for _ in plain)
             for conn, at in zip(plain, moments, strict=True):
@@ -289,9 +291,12 @@ class Stabilizer:
                 if delay > 0:
                     await anyio.sleep(delay)
                 if conn._abort(1012, "server draining"):
-                    closed += 1
-                else:
-                    failed += 1
+                    aborted.append(conn)
+        with anyio.move_on_after(DRAIN_GRACE):
+            while any(c.session._conn is c for c in aborted):  # noqa: ASYNC110 - polls many ends
+                await anyio.sleep(0.005)
+        failed = sum(1 for c in aborted if c.session._conn is c)
+        closed = len(aborted) - failed
         report = ShutdownReport(closed, failed, round(_monotonic() - started, 3))
         self._count("drained", closed)
         _log.event(
@@ -308,15 +313,12 @@ class Stabilizer:
         started = _monotonic()
         self._draining = True
         conns = [s._conn for s in self._registry if s._conn is not None]
-        closed = failed = 0
-        for conn in conns:
-            if conn._abort(1012, "server shutdown"):
-                closed += 1
+        aborted = [conn for conn in conns if conn._abort(1012, "server shutdown")]
         with anyio.move_on_after(timeout):
             while any(c.session._conn is c for c in conns):  # noqa: ASYNC110 - polls many ends
                 await anyio.sleep(0.01)
-        failed = sum(1 for c in conns if c.session._conn is c)
-        report = ShutdownReport(closed - failed, failed, round(_monotonic() - started, 3))
+        failed = sum(1 for c in aborted if c.session._conn is c)
+        report = ShutdownReport(len(aborted) - failed, failed, round(_monotonic() - started, 3))
         _log.event(
             logger,
             _log.SHUTDOWN,

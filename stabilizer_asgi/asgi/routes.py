@@ -9,9 +9,11 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import math
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 from ..types import Receive, Scope, Send
 
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from ..manager import Stabilizer
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+_MAX_PERIOD = 3600.0
 
 
 async def respond(
@@ -61,11 +64,13 @@ def is_loopback(scope: Scope) -> bool:
         return client[0] in ("localhost", "testclient")
 
 
-def _bearer(scope: Scope) -> str | None:
+def _bearer(scope: Scope) -> bytes | None:
+    """The bearer token of the request (raw bytes), or None without one."""
     for name, value in scope.get("headers") or ():
         if name.lower() == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else ""
+            scheme, _, token = value.partition(b" ")
+            token = token.strip()
+            return token if scheme.lower() == b"bearer" and token else None
     return None
 
 
@@ -81,10 +86,25 @@ async def _authorized(manager: Stabilizer, scope: Scope, send: Send) -> bool:
     if token is None:
         await _error(send, 401, "missing bearer token")
         return False
-    if not hmac.compare_digest(token.encode(), expected.encode()):
+    if not hmac.compare_digest(token, expected.encode()):
         await _error(send, 403, "invalid bearer token")
         return False
     return True
+
+
+def _period(scope: Scope) -> float | str | None:
+    """The `period` query parameter of a drain: seconds, None if absent, or an error message."""
+    query = (scope.get("query_string") or b"").decode("latin-1")
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name == "period":
+            try:
+                period = float(value)
+            except ValueError:
+                period = -1.0
+            if not math.isfinite(period) or period < 0 or period > _MAX_PERIOD:
+                return f"period must be a number of seconds from 0 to {_MAX_PERIOD:g}"
+            return period
+    return None
 
 
 async def _drain_body(receive: Receive) -> None:
@@ -146,7 +166,11 @@ def build(manager: Stabilizer) -> dict[str, Handler]:
             await _drain_body(receive)
             if not await _authorized(manager, scope, send):
                 return
-            report = await manager.drain()
+            period = _period(scope)
+            if isinstance(period, str):
+                await _error(send, 400, period)
+                return
+            report = await manager.drain(period)
             await respond(send, 200, _json(report._asdict()))
 
         table[cfg.drain_path] = drain

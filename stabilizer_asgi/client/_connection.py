@@ -173,6 +173,7 @@ class StabilizerConnection:
         self._state = ClientState.CONNECTING
         self._final: ClientClosedError | None = None
         self._ever_opened = False
+        self._opened_at = 0.0
         self._closing = False
         self._ws: ClientConnection | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -221,12 +222,13 @@ class StabilizerConnection:
                 raise ClientClosedError(1000, "closing")
             changed = self._changed
             async with self._send_lock:
+                now = asyncio.get_running_loop().time()
                 if self._proto.can_send() and self._final is None and not self._closing:
-                    self._proto.send(frame)
+                    self._proto.send(frame, now)
                     await self._transmit(self._proto.data_to_send())
                     return
                 # Full: ask the server for its count now rather than at its next ack.
-                self._proto.request_ack(asyncio.get_running_loop().time())
+                self._proto.request_ack(now)
                 await self._transmit(self._proto.data_to_send())
             self._wake_timer()
             await changed.wait()
@@ -308,7 +310,11 @@ class StabilizerConnection:
     async def _run(self) -> None:
         backoff = self._options.backoff
         loop = asyncio.get_running_loop()
-        attempt, delay = 0, 0.0
+        # `failures` counts consecutive attempts that never got a hello (max_attempts applies to
+        # it); `step` picks the backoff window and also grows across connections that open and
+        # drop again at once, so a server that accepts and immediately closes is not hammered.
+        failures = step = 0
+        delay = 0.0
         try:
             while True:
                 if delay > 0:
@@ -320,18 +326,21 @@ class StabilizerConnection:
                         decision = self._proto.connection_lost(code, reason, loop.time())
                         raise _Attempt(code, reason, retry=decision.reconnect)
                 except _Attempt as failed:
-                    attempt += 1
-                    if not failed.retry or backoff.exhausted(attempt):
+                    failures += 1
+                    step += 1
+                    if not failed.retry or backoff.exhausted(failures):
                         if failed.retry:
-                            failed.reason += f" (gave up after {attempt} attempts)"
+                            failed.reason += f" (gave up after {failures} attempts)"
                         self._finish(failed.code, failed.reason, cause=failed.__cause__)
                         return
-                    delay = backoff.delay(attempt, random.random()) + (failed.after or 0.0)
-                    logger.info(LOG_RETRY, attempt, failed.reason, delay)
+                    delay = backoff.delay(step, random.random()) + (failed.after or 0.0)
+                    logger.info(LOG_RETRY, failures, failed.reason, delay)
                     continue
                 if self._closing:
                     return
-                attempt = 0
+                failures = 0
+                if loop.time() - self._opened_at >= backoff.ceiling(step):
+                    step = 0  # it outlived the window it waited for: the server is healthy
                 decision = self._proto.connection_lost(code, reason, loop.time())
                 if not decision.reconnect:
                     self._finish(decision.code, decision.reason)
@@ -340,7 +349,8 @@ class StabilizerConnection:
                 if decision.delay is not None:
                     delay = decision.delay  # the server's drain hint spreads the crowd itself
                 else:
-                    delay = backoff.delay(0, random.random())
+                    delay = backoff.delay(step, random.random())
+                    step += 1
                 logger.info(LOG_RECONNECTING, code, reason, delay)
         except Exception as exc:  # a bug here must not leave callers waiting forever
             logger.exception("client connection loop failed")
@@ -411,6 +421,7 @@ class StabilizerConnection:
                 await self._deliver(event.data)
             elif isinstance(event, Opened):
                 self._ever_opened = True
+                self._opened_at = asyncio.get_running_loop().time()
                 self._set_state(ClientState.OPEN)
             elif isinstance(event, ResyncEvent):
                 self._emit("on_resync", self._options.on_resync, event)
@@ -421,11 +432,17 @@ class StabilizerConnection:
         self._wake_timer()
 
     async def _deliver(self, data: Frame) -> None:
-        while len(self._inbox) >= self._options.max_queue and not self._closing:
+        if len(self._inbox) >= self._options.max_queue and not self._closing:
             # The app is not reading: stop reading too, so TCP pushes back on the server.
+            loop = asyncio.get_running_loop()
             self._reader_blocked = True
-            await self._changed.wait()
-        self._reader_blocked = False
+            self._proto.pause_reading(loop.time())
+            self._wake.set()  # the timer switches from watching the server to keepalives
+            while len(self._inbox) >= self._options.max_queue and not self._closing:
+                await self._changed.wait()
+            self._reader_blocked = False
+            self._proto.resume_reading(loop.time())
+            self._wake.set()
         self._inbox.append(data)
         self._notify()
 
@@ -441,8 +458,6 @@ class StabilizerConnection:
             except asyncio.TimeoutError:
                 pass
             now = loop.time()
-            if self._reader_blocked:
-                self._proto.keepalive(now)
             async with self._send_lock:
                 self._proto.tick(now)
                 events = self._proto.events_received()

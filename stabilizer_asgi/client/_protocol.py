@@ -84,7 +84,7 @@ def build_url(url: str, *, token: str | None = None, ack: int = 0) -> str:
         if part and unquote_plus(part.partition("=")[0]) not in _OUR_PARAMS
     ]
     kept.append("stabilizer=1")
-    if token is not None:
+    if token:  # the server issues "" when it cannot resume: nothing to ask for
         kept.append(f"stabilizer_resume={quote(token, safe='')}")
         kept.append(f"stabilizer_ack={ack}")
     return f"{path}?{'&'.join(kept)}{hash_mark}{fragment}"
@@ -185,6 +185,11 @@ class ClientProtocol:
     Frames sent while no connection is open wait in a pending queue. Together they hold at most
     ``max_pending`` frames; the driver makes ``send`` wait beyond that (backpressure) rather than
     drop, which is why this is not a ``core.replay.ReplayBuffer`` (that one evicts the oldest).
+
+    Inbound, it counts data frames (``received``), reports the count to the server in ``ack``
+    frames (at the latest every ``ACK_EVERY`` frames or ``ACK_DELAY`` seconds) so the server can
+    trim its replay buffer, and asks for exactly the frames after that count when resuming:
+    that count is what keeps a replay free of duplicates, since data frames carry no numbers.
     """
 
     def __init__(
@@ -210,18 +215,22 @@ class ClientProtocol:
         """Data frames the server confirmed receiving."""
         self.rtt: float | None = None
         """Round trip of the last ping this client sent, in seconds."""
+        self.server_interval: float | None = None
+        """The server's heartbeat interval from ``hello``: it pings after that much silence."""
 
         self._unacked: deque[Frame] = deque()
         self._pending: deque[Frame] = deque()
         self._open = False
         self._awaiting_hello = False
         self._resume_asked = False
+        self._paused = False
         self._reported = 0  # inbound count last told to the server
         self._ack_due: float | None = None
         self._last_inbound = 0.0
+        self._last_outbound = 0.0
         self._ping_sent_at: float | None = None
-        self._hint_at: float | None = None
         self._solicited_at: float | None = None
+        self._hint_at: float | None = None
         self._hint_reason = ""
         self._out: list[Frame] = []
         self._events: list[Event] = []
@@ -262,17 +271,17 @@ class ClientProtocol:
         """A transport connection is up; until its ``hello`` nothing is transmitted."""
         self._open = False
         self._awaiting_hello = True
-        self._resume_asked = self.token is not None
-        self._last_inbound = now
-        self._ping_sent_at = None
-        self._ack_due = None
+        self._resume_asked = bool(self.token)
+        self._paused = False
+        self._last_inbound = self._last_outbound = now
+        self._ping_sent_at = self._solicited_at = self._ack_due = None
+        self._out.clear()  # leftovers of the previous connection (control frames) are stale
 
     def connection_lost(self, code: int, reason: str, now: float) -> CloseDecision:
         """The transport connection ended with ``code``; decide whether to resume."""
         self._open = False
         self._awaiting_hello = False
-        self._ping_sent_at = None
-        self._ack_due = None
+        self._ping_sent_at = self._solicited_at = self._ack_due = None
         hinted = self._hint_at
         self._hint_at = None
         if hinted is not None and (code in _NORMAL_CODES or should_reconnect(code)):
@@ -281,21 +290,29 @@ class ClientProtocol:
 
     # -- outbound
 
-    def send(self, frame: Frame) -> None:
-        """Queue an already encoded data frame; transmitted at once when open, else pending."""
+    def send(self, frame: Frame, now: float) -> None:
+        """Queue an already encoded data frame; transmitted at once when open, else pending.
+
+        Raises ``OverflowError`` when there is no room (check `can_send` first).
+        """
         if not self.can_send():
             raise OverflowError("send buffer full; wait until can_send()")
-        if self._open:
-            self._transmit(frame)
-        else:
+        if not self._open:
             self._pending.append(frame)
+            return
+        self._transmit(frame)
+        self._last_outbound = now
+        if len(self._unacked) >= max(1, self.max_pending // 2):
+            # Half full: ask the server for its count now, so a sender that never pauses (and
+            # so never lets the server's periodic ping come) is not stalled at the bound.
+            self.request_ack(now)
 
     def request_ack(self, now: float) -> None:
-        """Ping now so the pong's ``n`` trims a full send buffer (at most once per
-        ``ACK_DELAY``, and not while a ping is out)."""
+        """Ping now so the pong's ``n`` trims the send buffer; at most one such ping is out at
+        a time (another is allowed after ``ping_timeout`` if its pong never came)."""
         if not self._open or self._ping_sent_at is not None:
             return
-        if self._solicited_at is not None and now - self._solicited_at < ACK_DELAY:
+        if self._solicited_at is not None and now - self._solicited_at < self.ping_timeout:
             return
         self._solicited_at = now
         self._ping(now)
@@ -357,6 +374,7 @@ class ClientProtocol:
             self._control("pong", ts=msg.get("ts"), n=self.received)
         elif kind == "pong":
             self._trim(msg.get("n"))
+            self._solicited_at = None
             ts = msg.get("ts")
             if _is_number(ts) and ts <= now:
                 self.rtt = now - ts
@@ -379,6 +397,8 @@ class ClientProtocol:
             self._fail(1002, "unsupported hello")
             return
         self._awaiting_hello = False
+        interval = msg.get("interval")
+        self.server_interval = interval if _is_number(interval) and interval > 0 else None
         resumed = self._resume_asked and msg.get("resumed") is True
         old_session = self.session_id
         self.session_id, self.token = session, token
@@ -392,7 +412,7 @@ class ClientProtocol:
                 reason = msg.get("reason")
                 self._events.append(
                     ResyncEvent(
-                        reason=reason if isinstance(reason, str) else "unknown",
+                        reason=reason if isinstance(reason, str) and reason else "unknown",
                         old_session_id=old_session,
                         new_session_id=session,
                         unacked=tuple(_unescape(f) for f in self._unacked),
@@ -405,7 +425,7 @@ class ClientProtocol:
         self._out.extend(resend)
         while self._pending:
             self._transmit(self._pending.popleft())
-        self._last_inbound = now
+        self._last_inbound = self._last_outbound = now
         self._events.append(Opened(session, resumed))
 
     def _fail(self, code: int, reason: str) -> None:
@@ -413,22 +433,55 @@ class ClientProtocol:
         self._awaiting_hello = False
         self._events.append(Failure(code, reason))
 
+    # -- flow control
+
+    def pause_reading(self, now: float) -> None:
+        """The driver stops reading because the app is not consuming messages.
+
+        The server's silence is then of our own making, so it is not taken as death; instead
+        the client keeps the server from declaring *it* dead by sending an ``ack`` at least
+        every `keepalive_period` (the server pings after that much inbound silence, and the
+        pings go unread now).
+        """
+        self._paused = True
+        self._ping_sent_at = None
+        self._last_outbound = now
+
+    def resume_reading(self, now: float) -> None:
+        """The driver reads again: the silence clock restarts."""
+        self._paused = False
+        self._last_inbound = now
+
+    @property
+    def keepalive_period(self) -> float:
+        """How often a paused client tells the server it is alive."""
+        interval = self.server_interval
+        return self.ping_interval if interval is None else min(self.ping_interval, interval / 2)
+
     # -- timers
 
     def next_deadline(self) -> float | None:
         """When ``tick`` next has something to do (monotonic seconds), or ``None``."""
         if not self._open:
             return None
-        if self._ping_sent_at is not None:
+        if self._paused:
+            heartbeat = self._last_outbound + self.keepalive_period
+        elif self._ping_sent_at is not None:
             heartbeat = self._ping_sent_at + self.ping_timeout
         else:
             heartbeat = self._last_inbound + self.ping_interval
         return heartbeat if self._ack_due is None else min(heartbeat, self._ack_due)
 
     def tick(self, now: float) -> None:
-        """Run what is due at ``now``: a delayed ack, a ping to a silent server, or declare the
-        server dead when a ping went unanswered for ``ping_timeout``."""
+        """Run what is due at ``now``: a delayed ack, a ping to a silent server, declare the
+        server dead when a ping went unanswered for ``ping_timeout``, or (paused) a keepalive."""
         if not self._open:
+            return
+        if self._paused:
+            due = self._ack_due is not None and now >= self._ack_due
+            if due or now >= self._last_outbound + self.keepalive_period:
+                self._last_outbound = now
+                self._control("ack", n=self.received)
             return
         if self._ping_sent_at is not None and now >= self._ping_sent_at + self.ping_timeout:
             self._fail(1011, "ping timeout")
@@ -437,9 +490,3 @@ class ClientProtocol:
             self._ping(now)  # carries n, so it doubles as the ack
         if self._ack_due is not None and now >= self._ack_due:
             self._control("ack", n=self.received)
-
-    def keepalive(self, now: float) -> None:
-        """The driver stopped reading on purpose (the app is not consuming messages): don't
-        mistake that silence for a dead server."""
-        self._last_inbound = now
-        self._ping_sent_at = None
