@@ -7,7 +7,7 @@ import logging
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
@@ -212,31 +212,30 @@ class Stabilizer:
         escaped = _escaped(frame)
         group = envelope.group
         if group is None:
-            targets: Iterable[Session] = list(self._registry)
+            targets: list[Session] = self._registry.snapshot()
         else:
             targets = list(self._registry.members(group).values())
         skip = envelope.exclude
         now = _monotonic()
-        total = delivered = dropped = failed = 0
+        total = len(targets)
+        dropped = failed = 0
+        # The hot loop: one attribute load and one call per session in the common case.
         for session in targets:
             if skip and session.id in skip:
+                total -= 1
                 continue
-            total += 1
             conn = session._conn
             if conn is None:
-                if self._buffer_detached(session, escaped, size):
-                    delivered += 1
-                else:
+                if not self._buffer_detached(session, escaped, size):
                     failed += 1
                 continue
             result = conn.offer(frame, escaped, size, now)
-            if result == 0:
-                delivered += 1
-            elif result == 1:
-                dropped += 1
-            else:
-                failed += 1
-        return total, delivered, dropped, failed
+            if result:
+                if result == 1:
+                    dropped += 1
+                else:
+                    failed += 1
+        return total, total - dropped - failed, dropped, failed
 
     async def join(self, session_id: str, group: str) -> None:
         """Add a session to a group (created on first join)."""

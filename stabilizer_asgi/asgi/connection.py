@@ -440,10 +440,26 @@ class Connection:
         session.bytes_out += size
         session._last_out = now
         if self._proto == "control":
+            frame = escaped
             if session._replay is not None:
                 session._buffer_out(escaped, size)
-            return self._offer(escaped, size)
-        return self._offer(frame, size)
+        if self._busy or not self._aio:
+            return self._offer(frame, size)
+        # Fast path (asyncio, transport idle): step the server's send inline; it completes
+        # without suspending unless the transport pushes back.
+        self._busy = True
+        coro: Coroutine[Any, Any, None] = self._send(frame)  # type: ignore[assignment]
+        try:
+            first = coro.send(None)
+        except StopIteration:
+            self._busy = False
+            return DELIVERED
+        except Exception as exc:
+            self._busy = False
+            self._transport_failed(exc)
+            return FAILED
+        self._mgr._spawn(self._write_rest, coro, first)
+        return DELIVERED
 
     def _offer_control(self, text: str) -> int:
         if self._phase != OPEN or self._closing is not None:
@@ -593,7 +609,8 @@ class Connection:
             if self._busy:
                 self._release_queue()
                 queue = self._outq
-                assert queue is not None
+                if queue is None:  # busy with one in-flight send and no backlog yet
+                    queue = self._outq = deque()
                 queue.append((close, 0, None))
             else:
                 self._offer(close, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import chain
 
 from .session import Session
 
@@ -59,8 +60,11 @@ class Registry:
         return self._count
 
     def __iter__(self) -> Iterator[Session]:
-        for shard in self.shards:
-            yield from list(shard.values())
+        return iter(self.snapshot())
+
+    def snapshot(self) -> list[Session]:
+        """Every session, as a list taken now (safe to iterate while sessions come and go)."""
+        return list(chain.from_iterable([shard.values() for shard in self.shards]))
 
     def members(self, group: str) -> dict[str, Session]:
         """The live member map of a group (do not mutate)."""
