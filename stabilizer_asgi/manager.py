@@ -589,9 +589,13 @@ class Stabilizer:
                 ack=session.frames_in + carried,
             )
             send = conn._send
-            await send({"type": "websocket.send", "text": hello})
-            for frame in replay:
-                await send(frame)
+            try:
+                await send({"type": "websocket.send", "text": hello})
+                for frame in replay:
+                    await send(frame)
+            except Exception as exc:  # the client is already gone: its receive() says so next
+                conn._send_failed = True
+                conn._transport_failed(exc)
         if resumed:
             _log.event(
                 logger,
@@ -719,6 +723,7 @@ class Stabilizer:
             code=session.close_code,
             reason=session.close_reason,
             duration_ms=round(duration * 1000, 1),
+            rtt_ms=None if session.rtt is None else round(session.rtt * 1000, 1),
             expired=expired,
         )
         self._hook("on_disconnect", session)
@@ -736,6 +741,7 @@ class Stabilizer:
             session=session.id,
             client=session.client_id,
             remote=session.remote,
+            rtt_ms=None if session.rtt is None else round(session.rtt * 1000, 1),
         )
         self._hook("on_timeout", session)
 
@@ -789,6 +795,8 @@ class Stabilizer:
     def _evict(self, needed: int, protect: Session) -> None:
         policy = self.config.eviction
         candidates = [s for s in self._registry if s is not protect and s._mem > 0]
+        if sum(s._mem for s in candidates) < needed:
+            return  # evicting everyone would not make room: refuse the charge, close nobody
         if policy == "lru":
             candidates.sort(key=lambda s: max(s._last_in, s._last_out))
         elif policy == "fifo":

@@ -153,10 +153,12 @@ class Connection:
                 finally:
                     self._recv_task = None
             else:
-                with anyio.CancelScope() as scope:
-                    self._recv_scope = scope
-                    message = await self._receive()
-                self._recv_scope = None
+                try:
+                    with anyio.CancelScope() as scope:
+                        self._recv_scope = scope
+                        message = await self._receive()
+                finally:  # also when the app's own timeout cancels it: it is no longer reading
+                    self._recv_scope = None
                 if scope.cancelled_caught:
                     return self._closed_message()
             out = self._inbound(message)
@@ -339,8 +341,14 @@ class Connection:
                 session = self.session
                 session.frames_out += 1
                 session.bytes_out += size
-                if session._replay is not None:
-                    session._buffer_out(message, size)
+                if session._replay is not None and session._buffer_out(message, size):
+                    # Held for replay: it counts as sent even if this connection fails now,
+                    # so an app that retries on the error cannot cause a duplicate.
+                    try:
+                        await self._app_send(message, size)
+                    except (WebSocketDisconnect, OSError):
+                        self._send_failed = True
+                    return
                 await self._app_send(message, size)
                 return
             if kind == "websocket.close":
@@ -432,19 +440,26 @@ class Connection:
         """Hand a data frame to this connection without waiting (manager sends, broadcast)."""
         session = self.session
         if self._phase != OPEN or self._closing is not None:
-            if session._replay is not None and self._phase == CONNECTING:
-                # A resume is being accepted: the frame is replayed right after the greeting.
-                return DELIVERED if session._buffer_out(escaped, size) else FAILED
+            if session._replay is not None and session._conn is self:
+                # A resume being accepted (replayed right after the greeting), or a connection
+                # that is going down (replayed if the session resumes, dropped if it ends).
+                if not session._buffer_out(escaped, size):
+                    return FAILED
+                session.frames_out += 1
+                session.bytes_out += size
+                return DELIVERED
             return FAILED
         session.frames_out += 1
         session.bytes_out += size
         session._last_out = now
+        buffered = False
         if self._proto == "control":
             frame = escaped
             if session._replay is not None:
-                session._buffer_out(escaped, size)
+                buffered = session._buffer_out(escaped, size)
         if self._busy or not self._aio:
-            return self._offer(frame, size)
+            result = self._offer(frame, size)
+            return DELIVERED if buffered and result == FAILED else result
         # Fast path (asyncio, transport idle): step the server's send inline; it completes
         # without suspending unless the transport pushes back.
         self._busy = True
@@ -457,7 +472,7 @@ class Connection:
         except Exception as exc:
             self._busy = False
             self._transport_failed(exc)
-            return FAILED
+            return DELIVERED if buffered else FAILED
         self._mgr._spawn(self._write_rest, coro, first)
         return DELIVERED
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import inspect
 import logging
@@ -20,6 +19,7 @@ try:
     from websockets.asyncio.client import ClientConnection
     from websockets.asyncio.client import connect as ws_connect
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+    from websockets.protocol import State
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "stabilizer_asgi.client needs websockets: pip install 'stabilizer-asgi[client]'"
@@ -257,14 +257,12 @@ class StabilizerConnection:
         if self._final is None:
             self._closing = True
             ws = self._ws
-            if ws is not None:
-                # If it is already broken there is nothing more to tell the server.
-                with contextlib.suppress(Exception):
-                    await ws.close(code, reason)
             runner = self._runner
             if runner is not None and runner is not asyncio.current_task():
                 runner.cancel()
                 await asyncio.wait([runner])
+            if ws is not None:
+                await _close_draining(ws, code, reason)
             self._finish(code, reason)
         worker = self._callback_worker
         if worker is not None and worker is not asyncio.current_task():
@@ -474,6 +472,12 @@ class StabilizerConnection:
         if ws is None:
             return  # between connections: the frames are kept for resending
         for frame in frames:
+            if ws.protocol.state is not State.OPEN:
+                # Closing: websockets' send() would wait for the end of the closing handshake
+                # (up to close_timeout, longer than a paused reader can see it), stalling every
+                # caller of the lock. The frame is lost with the connection either way; data
+                # frames stay unacknowledged and are resent on resume.
+                return
             try:
                 await ws.send(frame)
             except ConnectionClosed:
@@ -529,6 +533,28 @@ class StabilizerConnection:
                 logger.exception(LOG_CALLBACK_FAILED, name)
 
 
+async def _close_draining(ws: ClientConnection, code: int, reason: str) -> None:
+    """Close ``ws``, reading and discarding what is still queued meanwhile.
+
+    When the app stopped reading, websockets' flow control has paused the socket, so the
+    server's answer to our close frame would never be read and the closing handshake would
+    wait out its whole ``close_timeout``.
+    """
+    closer = asyncio.ensure_future(ws.close(code, reason))
+    try:
+        while not closer.done():
+            reader = asyncio.ensure_future(ws.recv())
+            await asyncio.wait((closer, reader), return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done():
+                reader.cancel()
+                await asyncio.wait((reader,))
+            if not reader.cancelled() and reader.exception() is not None:
+                break  # closed: the closer finishes at once
+        await closer
+    except Exception:  # already broken: there is nothing more to tell the server
+        pass
+
+
 def connect(
     url: str,
     *,
@@ -561,8 +587,10 @@ def connect(
     Args:
         url: ``ws://`` or ``wss://`` URL; its query parameters are kept, ``stabilizer*`` ones
             are added.
-        backoff_base: seconds; the delay before reconnect attempt ``n`` is uniform in
-            ``[0, min(backoff_cap, backoff_base * 2**n))``.
+        backoff_base: seconds; after a drop the first reconnect waits a uniformly random
+            ``[0, backoff_base)`` (full jitter); each further failed attempt, or a connection
+            that drops again before outliving its window, doubles the window. A server's
+            ``reconnect`` hint (drain) replaces the backoff with its ``after_ms``.
         backoff_cap: seconds; the largest backoff window.
         max_attempts: consecutive failed attempts before giving up (``None``: never give up).
             A refused handshake's ``Retry-After`` is added to the backoff.
@@ -570,9 +598,11 @@ def connect(
         on_state: ``(ClientState) -> None`` or async; called on every state change.
             Async callbacks run in order on a separate task, never blocking the connection.
         max_pending: outbound messages held while reconnecting or not yet acknowledged by the
-            server; ``send`` waits for room beyond it (backpressure).
+            server; ``send`` waits for room beyond it (backpressure). At half of it the client
+            pings to learn the server's count, so a steady sender is never stalled by it.
         max_queue: inbound messages held for ``recv``; beyond it the client stops reading from
-            the socket until the app catches up.
+            the socket until the app catches up (TCP pushes back on the server), while still
+            sending ``ack`` frames often enough that the server's heartbeat keeps it alive.
         ping_interval: seconds of silence from the server before the client pings it.
         ping_timeout: seconds after that ping with nothing received before the connection is
             declared dead and resumed.
