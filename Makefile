@@ -21,7 +21,7 @@ $(BSTAMP): $(STAMP)
 
 ## make demo: serve the chat demo on http://127.0.0.1:8000 (stats at /_stabilizer/stats)
 demo: $(STAMP)
-	$(BIN)/uvicorn examples.chat:app --host $(HOST) --port $(PORT)
+	$(BIN)/stabilizer-asgi serve examples.chat:app --host $(HOST) --port $(PORT)
 
 ## make test: lint, type-check and run the whole test suite
 test: lint

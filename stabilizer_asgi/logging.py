@@ -24,7 +24,7 @@ RESUMED = "resumed"
 DETACHED = "detached"
 """A session lost its connection and stays resumable: session, client, code, reason."""
 DISCONNECTED = "disconnected"
-"""A session ended: session, client, code, reason, duration_ms (and expired)."""
+"""A session ended: session, client, code, reason, duration_ms, rtt_ms, expired."""
 HEARTBEAT_TIMEOUT = "heartbeat_timeout"
 """No inbound frame within heartbeat_timeout after a ping: session, client, remote, rtt_ms."""
 REJECTED = "rejected"
@@ -88,7 +88,7 @@ def fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and every `extra` field.
+    """One JSON object per line: time, level, logger, process, message and every `extra` field.
 
     `logging.basicConfig()` then `logging.getLogger().handlers[0].setFormatter(JsonFormatter())`,
     or `{"()": "stabilizer_asgi.logging.JsonFormatter"}` in a `dictConfig` (uvicorn
@@ -100,6 +100,7 @@ class JsonFormatter(logging.Formatter):
             "time": self.formatTime(record),
             "level": record.levelname,
             "logger": record.name,
+            "process": record.process,
             "message": record.getMessage(),
         }
         out.update(fields(record))

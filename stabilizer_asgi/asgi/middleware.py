@@ -41,9 +41,13 @@ class StabilizerMiddleware:
     `Stabilizer` you created yourself (e.g. to broadcast from a background job).
     """
 
+    # `app` is positional-only: with `**kwargs` beside it, type checkers would otherwise refuse
+    # `app.add_middleware(StabilizerMiddleware, ...)` (Starlette's factory protocol may pass
+    # any keyword, including one named "app").
     def __init__(
         self,
         app: ASGIApp,
+        /,
         config: StabilizerConfig | None = None,
         *,
         manager: Stabilizer | None = None,
