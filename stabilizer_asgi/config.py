@@ -23,6 +23,9 @@ DuplicatePolicy = Literal["allow", "replace", "reject"]
 Secret = str | bytes | Sequence[str | bytes]
 
 MIB = 1024 * 1024
+# What a backend object must provide (`backends.base.Backend`), checked at construction so a
+# missing method fails here rather than at the first resume.
+BACKEND_METHODS = ("start", "stop", "publish", "save_session", "load_session", "delete_session")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,8 +137,13 @@ class StabilizerConfig:
                 raise ConfigError(
                     "backend", backend, "'memory', a redis:// URL or a backend object"
                 )
-        elif not all(hasattr(backend, m) for m in ("start", "stop", "publish")):
-            raise ConfigError("backend", backend, "'memory', a redis:// URL or a backend object")
+        elif not all(callable(getattr(backend, m, None)) for m in BACKEND_METHODS):
+            raise ConfigError(
+                "backend",
+                backend,
+                "'memory', a redis:// URL or a backend object with methods "
+                + ", ".join(BACKEND_METHODS),
+            )
 
     @classmethod
     def from_kwargs(cls, config: StabilizerConfig | None = None, **kwargs: Any) -> StabilizerConfig:

@@ -15,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.testclient import TestClient
 
 from stabilizer_asgi import ConfigError, Stabilizer, StabilizerConfig, StabilizerMiddleware
+from stabilizer_asgi.config import BACKEND_METHODS
 
 
 def _sync_hook(session: Any) -> None:
@@ -31,9 +32,20 @@ class _AsyncCallable:
 
 
 class _Backend:
-    async def start(self) -> None: ...
+    async def start(self, deliver: Any) -> None: ...
     async def stop(self) -> None: ...
-    async def publish(self, *args: Any) -> None: ...
+    async def publish(self, envelope: Any) -> tuple[int, int, int, int]: ...
+    async def save_session(self, record: Any, ttl: float) -> None: ...
+    async def load_session(self, session_id: str) -> Any: ...
+    async def delete_session(self, session_id: str) -> None: ...
+
+
+class _BroadcastOnlyBackend:
+    """The backend shape before resumable sessions: no session records."""
+
+    async def start(self, deliver: Any) -> None: ...
+    async def stop(self) -> None: ...
+    async def publish(self, envelope: Any) -> tuple[int, int, int, int]: ...
 
 
 SECRET_FIELDS = {"secret", "admin_token"}
@@ -137,6 +149,7 @@ INVALID: list[tuple[str, Any]] = [
     ("backend", "memory://"),
     ("backend", 5),
     ("backend", object()),
+    ("backend", _BroadcastOnlyBackend()),
 ]
 
 
@@ -306,3 +319,18 @@ def test_config_is_immutable() -> None:
     cfg = StabilizerConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.max_connections = 5  # type: ignore[misc]
+
+
+def test_backend_check_matches_the_backend_protocol() -> None:
+    """Config requires exactly the methods of `backends.base.Backend`, and the memory backend
+    has them all."""
+    from stabilizer_asgi.backends.base import Backend
+    from stabilizer_asgi.backends.memory import MemoryBackend
+
+    protocol_methods = {
+        name
+        for name, value in vars(Backend).items()
+        if callable(value) and not name.startswith("_")
+    }
+    assert set(BACKEND_METHODS) == protocol_methods
+    assert StabilizerConfig(backend=MemoryBackend()).backend is not None

@@ -171,7 +171,7 @@ def test_push_only_endpoint_gets_heartbeat(
     rec = Recorder()
     query = "?stabilizer=1" if mode == "opted-in" else ""
     heartbeat = "auto" if mode == "opted-in" else "always"
-    mw = StabilizerMiddleware(push_app(rec), heartbeat=heartbeat, **DEADLY)
+    mw = StabilizerMiddleware(push_app(rec), heartbeat=heartbeat, **FAST)
     pings = 0
     with client_factory(mw) as client, client.websocket_connect("/push" + query) as ws:
         # answer two pings: the connection survives well past interval + timeout

@@ -75,6 +75,7 @@ def query_seen(client: TestClient, rec: Recorder, query: str) -> bytes:
         ("stabilizer", b""),
         ("q=stabilizer&stabilizer_in_value=stabilizer", b"q=stabilizer"),
         ("notstabilizer=1&Stabilizer=1", b"notstabilizer=1&Stabilizer=1"),
+        ("stabiliz%65r=1&a=1", b"stabiliz%65r=1&a=1"),  # names are matched undecoded
         ("a=%20b+c&client_id=%C3%A9&flag", b"a=%20b+c&client_id=%C3%A9&flag"),
         ("stabilizer_ack=not-a-number&stabilizer=1&keep=1", b"keep=1"),
         ("", b""),
