@@ -44,15 +44,31 @@ def ours_status() -> tuple[bool, str | None]:
     return True, None
 
 
+def seed_status() -> tuple[bool, str | None]:
+    """Whether the seed package (a bench-extra dependency) is installed."""
+    try:
+        import fastapi_websocket_stabilizer  # noqa: F401
+    except Exception as exc:
+        return False, (
+            "fastapi-websocket-stabilizer==1.1.0 is not installed (it comes with the `bench` "
+            f"extra: pip install -e '.[bench]'; {type(exc).__name__}: {exc})"
+        )
+    return True, None
+
+
 # --- measurements ------------------------------------------------------------------------
 
 
-def summarize(samples: Sequence[float], unit: str) -> Json:
-    """Median, min and max of repeated samples (the median is the reported figure)."""
+def summarize(samples: Sequence[float], unit: str, *, single: bool = False) -> Json:
+    """Median, min and max of repeated samples (the median is the reported figure).
+
+    ``single`` marks a figure that is one measurement by nature (e.g. connections held at the
+    end of one ramp); every other figure must come from at least five repetitions.
+    """
     values = [float(s) for s in samples]
     if not values:
         raise ValueError("no samples")
-    return {
+    out: Json = {
         "unit": unit,
         "median": statistics.median(values),
         "min": min(values),
@@ -60,6 +76,9 @@ def summarize(samples: Sequence[float], unit: str) -> Json:
         "n": len(values),
         "samples": values,
     }
+    if single:
+        out["single"] = True
+    return out
 
 
 def ok(metrics: dict[str, Json], **info: Any) -> Json:
@@ -121,6 +140,26 @@ def difference(
         entry["target"] = {"op": op, "value": bound}
         entry["met"] = None if value is None else (value <= bound if op == "<=" else value >= bound)
     return entry
+
+
+def absolute(
+    variants: dict[str, Json],
+    name: str,
+    metric: str,
+    *,
+    target: tuple[str, float],
+) -> Json:
+    """A variant's own median against an absolute budget (e.g. "≤ 1.5 µs")."""
+    value = median_of(variants.get(name), metric)
+    op, bound = target
+    return {
+        "name": name,
+        "metric": metric,
+        "value": value,
+        "kind": "absolute",
+        "target": {"op": op, "value": bound},
+        "met": None if value is None else (value <= bound if op == "<=" else value >= bound),
+    }
 
 
 def case(label: str, params: Json, variants: dict[str, Json], ratios: list[Json]) -> Json:
@@ -252,6 +291,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def settle_allocator() -> None:
+    """Put glibc malloc in the same state in every benchmark process.
+
+    asyncio reads a socket with ``recv(256 KiB)``. Until a process has freed one block above
+    malloc's initial 128 KiB mmap threshold, each such buffer is mmap-ed, shrunk with mremap and
+    munmap-ed again: three extra syscalls per message. Whether that has already happened depends
+    on import-time accidents (it had in the server with the middleware and not in the bare
+    one), which was worth ±30 % of echo throughput. Freeing one 1 MiB block raises the dynamic
+    threshold for good, as it would in any real application sooner or later.
+    """
+    block = bytearray(1 << 20)
+    del block
+
+
 def raise_nofile_limit() -> int:
     """Raise this process's open-files soft limit to the hard limit; returns the new limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -325,3 +378,101 @@ def emit(obj: Json) -> None:
     """Write one JSON line to stdout (worker processes talk to their parent this way)."""
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
+
+
+# --- schema check (used by the runner and by the smoke test) ------------------------------
+
+
+MIN_REPS = 5
+
+
+def validate(document: Json) -> list[str]:
+    """Problems with a results document; an empty list means it follows the schema."""
+    problems: list[str] = []
+
+    def need(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+        if not isinstance(obj, dict) or key not in obj:
+            problems.append(f"{where}: missing {key!r}")
+            return None
+        value = obj[key]
+        if not isinstance(value, kind):
+            problems.append(f"{where}.{key}: {type(value).__name__}, expected {kind}")
+            return None
+        return value
+
+    if document.get("schema") != SCHEMA:
+        problems.append(f"schema is {document.get('schema')!r}, expected {SCHEMA!r}")
+    need(document, "generated_at", str, "document")
+    if document.get("profile") not in PROFILES:
+        problems.append(f"profile {document.get('profile')!r} not in {PROFILES}")
+    need(document, "duration_s", (int, float), "document")
+    machine = need(document, "machine", dict, "document")
+    if machine is not None:
+        need(machine, "cpu_count", int, "machine")
+        need(machine, "python", str, "machine")
+        need(machine, "cpu_note", str, "machine")
+    need(document, "versions", dict, "document")
+    need(document, "load", dict, "document")
+    need(document, "plots", dict, "document")
+    benchmarks = need(document, "benchmarks", dict, "document") or {}
+    if not benchmarks:
+        problems.append("document: no benchmarks")
+    for name, result in benchmarks.items():
+        where = f"benchmarks.{name}"
+        for key, kind in (
+            ("name", str),
+            ("title", str),
+            ("primary_metric", str),
+            ("params", dict),
+            ("cases", list),
+            ("notes", list),
+            ("duration_s", (int, float)),
+        ):
+            need(result, key, kind, where)
+        for i, c in enumerate(result.get("cases") or []):
+            cw = f"{where}.cases[{i}]"
+            need(c, "label", str, cw)
+            need(c, "params", dict, cw)
+            for j, r in enumerate(need(c, "ratios", list, cw) or []):
+                rw = f"{cw}.ratios[{j}]"
+                need(r, "name", str, rw)
+                need(r, "metric", str, rw)
+                if r.get("value") is not None and not isinstance(r["value"], (int, float)):
+                    problems.append(f"{rw}.value is not a number")
+                if "target" in r:
+                    t = r["target"]
+                    if not isinstance(t, dict) or t.get("op") not in ("<=", ">="):
+                        problems.append(f"{rw}.target malformed: {t!r}")
+                    if r.get("met") not in (True, False, None):
+                        problems.append(f"{rw}.met is {r.get('met')!r}")
+            for vname, v in (need(c, "variants", dict, cw) or {}).items():
+                vw = f"{cw}.variants.{vname}"
+                status = v.get("status")
+                if status not in STATUSES:
+                    problems.append(f"{vw}.status is {status!r}")
+                    continue
+                metrics = need(v, "metrics", dict, vw)
+                if status != "ok":
+                    need(v, "reason", str, vw)
+                    if metrics:
+                        problems.append(f"{vw}: {status} but has metrics")
+                    continue
+                if not metrics:
+                    problems.append(f"{vw}: ok without metrics")
+                for mname, m in (metrics or {}).items():
+                    mw = f"{vw}.metrics.{mname}"
+                    for key in ("median", "min", "max"):
+                        need(m, key, (int, float), mw)
+                    need(m, "unit", str, mw)
+                    n = need(m, "n", int, mw)
+                    samples = need(m, "samples", list, mw)
+                    if n is not None and samples is not None and n != len(samples):
+                        problems.append(f"{mw}: n={n} but {len(samples)} samples")
+                    if n is not None and n < MIN_REPS and not m.get("single"):
+                        problems.append(f"{mw}: {n} samples, fewer than {MIN_REPS}")
+                    try:
+                        if not m["min"] <= m["median"] <= m["max"]:
+                            problems.append(f"{mw}: min <= median <= max does not hold")
+                    except (KeyError, TypeError):
+                        pass
+    return problems

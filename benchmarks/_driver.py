@@ -23,6 +23,8 @@ from typing import Any
 from starlette.types import ASGIApp, Message
 
 RS = "\x1e"
+ACK_EVERY = 32
+_perf_counter = time.perf_counter
 SEED_PING_PREFIX = '{"type":"ping"'
 _JSON_SEPARATORS = (",", ":")
 
@@ -34,6 +36,7 @@ class Transport:
         "accept_target",
         "accepted",
         "accepted_event",
+        "client_seconds",
         "closed",
         "data_frames",
         "errors",
@@ -53,6 +56,7 @@ class Transport:
         self.reached = asyncio.Event()
         self.reached_at = 0.0
         self.pings = 0
+        self.client_seconds = 0.0  # time spent playing the client (answering pings)
         self.hellos = 0
         self.closed = 0
         self.errors: list[str] = []
@@ -105,13 +109,21 @@ class MemoryConnection:
             text = message.get("text")
             if text is not None and self.mode != "plain":
                 if self.mode == "optin" and text[:1] == RS and text[1:2] != RS:
+                    t0 = _perf_counter()
                     self._control(text)
+                    transport.client_seconds += _perf_counter() - t0
                     return
                 if self.mode == "seed" and text.startswith(SEED_PING_PREFIX):
+                    t0 = _perf_counter()
                     transport.pings += 1
                     self.push({"type": "websocket.receive", "text": "pong"})
+                    transport.client_seconds += _perf_counter() - t0
                     return
             self.received += 1
+            if self.mode == "optin" and self.received % ACK_EVERY == 0:
+                # as stabilizer_asgi.client does: lets the server trim its replay buffer
+                ack = f'{RS}{{"t":"ack","n":{self.received}}}'
+                self.push({"type": "websocket.receive", "text": ack})
             transport.data_frames += 1
             if transport.data_frames == transport.target:
                 transport.reached_at = time.perf_counter()

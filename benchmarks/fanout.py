@@ -33,6 +33,7 @@ from benchmarks._common import (
     ours_status,
     ratio,
     resolve_profile,
+    seed_status,
     selected,
     summarize,
 )
@@ -42,7 +43,7 @@ NAME = "fanout"
 VARIANTS = ("raw", "ours", "ours_optin", "seed")
 PROFILES: dict[str, Json] = {
     "full": {"sizes": [1_000, 10_000, 50_000], "reps": 7},
-    "quick": {"sizes": [1_000, 10_000], "reps": 5},
+    "quick": {"sizes": [1_000, 5_000], "reps": 5},
     "tiny": {"sizes": [100], "reps": 5},
 }
 _APP_AND_MODE = {
@@ -119,12 +120,16 @@ def run(
     sizes = sizes or list(preset["sizes"])
     names = selected(VARIANTS, variants)
     available, reason = ours_status()
+    seed_ok, seed_reason = seed_status()
     cases: list[Json] = []
     for n in sizes:
         results: dict[str, Json] = {}
         for variant in names:
             if variant.startswith("ours") and not available:
                 results[variant] = not_available(reason or "")
+                continue
+            if variant == "seed" and not seed_ok:
+                results[variant] = not_available(seed_reason or "")
                 continue
             results[variant] = guarded(
                 lambda v=variant, n=n: asyncio.run(_measure(v, n, reps, message_size))  # type: ignore[misc]

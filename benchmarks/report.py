@@ -64,18 +64,25 @@ def _short_reason(variant: Json) -> str:
     return f"error: {reason[:120]}"
 
 
+def _unit(r: Json) -> str:
+    kind = r.get("kind")
+    if kind == "difference":
+        return " B" if "bytes" in r.get("metric", "") else ""
+    if kind == "absolute":
+        return ""
+    return "×"
+
+
 def _ratio_text(r: Json) -> str:
-    kind_diff = r.get("kind") == "difference"
     value = r.get("value")
-    text = (
-        f"{r['name']}: {fmt(value)}{'' if kind_diff else '×'}"
-        if value is not None
-        else (f"{r['name']}: n/a")
+    unit = _unit(r)
+    text = f"{r['name']} [{r['metric']}]: " + (
+        f"{fmt(value)}{unit}" if value is not None else "n/a"
     )
     target = r.get("target")
     if target:
         mark = {True: "met", False: "MISSED", None: "not measured"}[r.get("met")]
-        text += f" (target {target['op']} {fmt(target['value'])}: {mark})"
+        text += f" (target {target['op']} {fmt(target['value'])}{unit}: {mark})"
     return text
 
 
@@ -119,14 +126,14 @@ def benchmark_markdown(result: Json, heading: str = "###") -> str:
 
 
 def summary_rows(document: Json) -> list[list[str]]:
-    """Every ratio that has a target, across all benchmarks."""
+    """Every figure that has a target, across all benchmarks."""
     rows = []
     for name, result in document.get("benchmarks", {}).items():
         for c in result.get("cases", []):
             for r in c.get("ratios", []):
                 if r.get("target"):
-                    mark = {True: "met", False: "MISSED", None: "not measured yet"}[r.get("met")]
-                    unit = "" if r.get("kind") == "difference" else "×"
+                    mark = {True: "met", False: "**MISSED**", None: "not measured"}[r.get("met")]
+                    unit = _unit(r)
                     value = f"{fmt(r['value'])}{unit}" if r.get("value") is not None else "–"
                     rows.append(
                         [
@@ -145,18 +152,25 @@ def document_markdown(document: Json) -> str:
     """The whole results document as Markdown."""
     m = document.get("machine", {})
     v = document.get("versions", {})
+    load = document.get("load", {})
     lines = [
-        f"## Results ({document.get('profile', '?')} profile, {document.get('generated_at', '')})",
+        f"## Results ({document.get('profile', '?')} profile, {document.get('generated_at', '')}, "
+        f"{fmt(document.get('duration_s'))} s)",
         "",
         f"Machine: {m.get('cpu_count')} × {m.get('cpu_model')}, {m.get('platform')}, "
-        f"Python {m.get('python')}, {m.get('event_loop')}. {m.get('cpu_note', '')}.",
+        f"Python {m.get('python')}, {m.get('event_loop')}, open-file limit "
+        f"{(m.get('open_files_limit') or ['?'])[0]}. {m.get('cpu_note', '')}.",
+        "",
+        f"Load average (1, 5, 15 min) at the start: {load.get('before')}, at the end: "
+        f"{load.get('after')} — other work on the machine shares its cores.",
         "",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
         "",
     ]
-    ours = document.get("ours", {})
-    if ours and not ours.get("available"):
-        lines += [f"**ours: not available** — {ours.get('reason')}", ""]
+    for key, label in (("ours", "ours"), ("seed", "seed")):
+        status = document.get(key, {})
+        if status and not status.get("available"):
+            lines += [f"**{label}: not available** — {status.get('reason')}", ""]
     rows = summary_rows(document)
     if rows:
         lines += [
@@ -290,21 +304,29 @@ def _plot_echo(document: Json, path: Path) -> bool:
 
 
 def write_outputs(document: Json, out_dir: Path, stem: str) -> dict[str, Any]:
-    """Write ``<stem>.json``, ``<stem>.md`` and the plots; returns what was written."""
-    import matplotlib
+    """Write ``<stem>.json``, ``<stem>.md`` and the plots; returns what was written.
 
-    matplotlib.use("Agg")
+    Without matplotlib (it comes with the ``bench`` extra) the plots are skipped and the
+    document says so.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = "" if stem == "latest" else f"{stem}-"
-    plots = {}
-    for filename, fn in (
-        (PLOT_FANOUT, _plot_fanout),
-        (PLOT_MEMORY, _plot_memory),
-        (PLOT_ECHO, _plot_echo),
-    ):
-        target = out_dir / f"{prefix}{filename}"
-        if fn(document, target):
-            plots[filename] = target.name
+    plots: dict[str, str] = {}
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        document["plots_note"] = "matplotlib is not installed (pip install -e '.[bench]')"
+    else:
+        for filename, fn in (
+            (PLOT_FANOUT, _plot_fanout),
+            (PLOT_MEMORY, _plot_memory),
+            (PLOT_ECHO, _plot_echo),
+        ):
+            target = out_dir / f"{prefix}{filename}"
+            if fn(document, target):
+                plots[filename] = target.name
     document["plots"] = plots
     (out_dir / f"{stem}.json").write_text(json.dumps(document, indent=2) + "\n")
     md = document_markdown(document)
