@@ -8,6 +8,9 @@
   (``start()`` in lifespan, ``connect``/``handle_pong``/``disconnect`` in the endpoint), echoing
   instead of re-broadcasting chat lines; its bench route calls the seed's ``broadcast``.
 - ``bare_fastapi``: the seed's endpoint without the seed, to separate FastAPI's own cost.
+- ``passthrough``: the bare app behind the thinnest possible pure-ASGI middleware, whose
+  ``receive`` and ``send`` wrappers only await the server's: the floor for any middleware that
+  has to see every frame.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-APPS = ("bare", "ours", "seed", "bare_fastapi")
+APPS = ("bare", "ours", "seed", "bare_fastapi", "passthrough")
 BROADCAST_PREFIX = "B:"
 
 
@@ -143,6 +146,26 @@ def starlette_app(hub: Hub, *, mode: str) -> Starlette:
     return Starlette(routes=[WebSocketRoute("/ws", ws_endpoint), *_bench_routes(hub, mode)])
 
 
+class PassThrough:
+    """Wraps ``receive`` and ``send`` and does nothing else."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+
+        async def wrapped_receive() -> Any:
+            return await receive()
+
+        async def wrapped_send(message: Any) -> None:
+            await send(message)
+
+        await self.app(scope, wrapped_receive, wrapped_send)
+
+
 def ours_app(hub: Hub, **config: Any) -> ASGIApp:
     """The bare app with the middleware added the documented way (endpoint untouched)."""
     from stabilizer_asgi import StabilizerMiddleware
@@ -246,6 +269,10 @@ def build_app(
         return starlette_app(hub, mode="raw")
     if name == "bare_fastapi":
         return bare_fastapi_app(hub)
+    if name == "passthrough":
+        app = starlette_app(hub, mode="raw")
+        app.add_middleware(PassThrough)
+        return app
     if name == "ours":
         config: dict[str, Any] = {"secret": "benchmark-secret"}
         if heartbeat_interval is not None:

@@ -67,10 +67,14 @@ async def _measure(variant: str, sessions: int, reps: int, size: int) -> Json:
         to_all: list[float] = []
         returned: list[float] = []
         info: dict[str, Any] = {}
+        # Everything set up so far is long-lived: freeze it, so a collection that happens to
+        # start inside a timed broadcast only walks young objects (as in a server that has
+        # been up for a while) instead of every object of every session.
+        gc.collect()
+        gc.freeze()
         for rep in range(reps + 1):  # rep 0 warms caches and is discarded
             text = broadcast_text(rep, size)
             message = {"type": "websocket.send", "text": text}
-            gc.collect()
             reached = transport.expect_data(sessions)
             t0 = time.perf_counter()
             if variant == "raw":
@@ -93,6 +97,7 @@ async def _measure(variant: str, sessions: int, reps: int, size: int) -> Json:
                     for k in ("total", "delivered", "dropped", "failed", "succeeded")
                     if hasattr(res, k)
                 }
+        gc.unfreeze()
         if transport.errors:
             info["app_errors"] = transport.errors
     return ok(
@@ -140,7 +145,7 @@ def run(
             ratio(results, "ours", "raw", metric, target=("<=", 1.5)),
             ratio(results, "ours_optin", "raw", metric, target=("<=", 1.5)),
             ratio(results, "seed", "raw", metric),
-            ratio(results, "seed", "ours", metric),
+            ratio(results, "seed", "ours", metric, target=(">=", 30.0)),
             ratio(results, "seed", "ours_optin", metric),
         ]
         cases.append(case(f"{n:,} sessions", {"sessions": n}, results, ratios))
@@ -150,7 +155,8 @@ def run(
         "Time runs from the broadcast call until the last session's transport send was called "
         "(for ours, including any hand-off to per-session writers).",
         "raw = `for send in sends: await send(message)` over the same sends, no library.",
-        f"{reps} timed repetitions per variant after one discarded warm-up; median [min-max].",
+        f"{reps} timed repetitions per variant after one discarded warm-up, with the objects "
+        "of the set-up frozen out of the garbage collector (gc.freeze); median [min–max].",
     ]
     params = {"sizes": sizes, "reps": reps, "message_size": message_size}
     return benchmark(

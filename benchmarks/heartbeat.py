@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import sys
 import time
 from typing import Any
 
@@ -55,9 +56,31 @@ PROFILES: dict[str, Json] = {
 }
 
 
+def _housekeeping(hub: Hub, transport: Any, reps: int) -> list[float]:
+    """µs per session of one housekeeping visit that sends a ping, the pong left out.
+
+    White-box (private attributes of the middleware): every session is made due and visited
+    once, synchronously, with the driver not answering, so the figure is the housekeeper's
+    decision, the ping's encoding and its hand-off to the transport, and nothing else.
+    """
+    conns = [s._conn for s in hub.manager._registry.snapshot() if s._conn is not None]
+    transport.answer_pings = False
+    samples = []
+    base = time.monotonic()
+    for rep in range(reps):
+        now = base + 1000.0 * (rep + 1)  # far enough ahead that every session is due
+        for conn in conns:
+            conn.session._ping_at = None
+        t0 = time.perf_counter()
+        for conn in conns:
+            conn.heartbeat(now)
+        samples.append((time.perf_counter() - t0) / len(conns) * 1e6)
+    return samples
+
+
 async def _windows(
     app_name: str, mode: str, sessions: int, interval: float, windows: int, **app_kw: Any
-) -> list[dict[str, float]]:
+) -> tuple[list[dict[str, float]], list[float] | None]:
     """Open the sessions, let the heartbeat reach a steady state, then measure ``windows``."""
     loop = asyncio.get_running_loop()
     created = [0]
@@ -69,7 +92,16 @@ async def _windows(
         return asyncio.Task(coro, loop=loop, **kw)
 
     loop.set_task_factory(counting_factory)  # type: ignore[arg-type]
-    app = build_app(app_name, Hub(), **app_kw)
+    gc_time = [0.0, 0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_time[1] = time.perf_counter()
+        else:
+            gc_time[0] += time.perf_counter() - gc_time[1]
+
+    hub = Hub()
+    app = build_app(app_name, hub, **app_kw)
     server = InMemoryServer(app, mode=mode, path_for=lambda i: ws_path(app_name, mode, i))
     out: list[dict[str, float]] = []
     async with server:
@@ -77,9 +109,10 @@ async def _windows(
         gc.collect()
         await asyncio.sleep(interval * 1.5)  # every session has been pinged at least once
         t = server.transport
+        gc.callbacks.append(on_gc)
         for _ in range(windows):
             c0, w0 = time.process_time(), time.perf_counter()
-            p0, k0, n0 = t.pings, t.client_seconds, created[0]
+            p0, k0, n0, g0 = t.pings, t.client_seconds, created[0], gc_time[0]
             # Sessions opened together are pinged together: a window of two intervals always
             # holds at least one whole round, and CPU is divided by the pings actually sent.
             await asyncio.sleep(WINDOW_INTERVALS * interval)
@@ -91,22 +124,30 @@ async def _windows(
                     "pings": t.pings - p0,
                     "client": t.client_seconds - k0,
                     "tasks": created[0] - n0,
+                    "gc": gc_time[0] - g0,
                 }
             )
+        gc.callbacks.remove(on_gc)
         if t.errors:
             raise RuntimeError(f"app errors: {t.errors}")
         if t.closed:
             raise RuntimeError(f"{t.closed} sessions were closed during the run")
-    return out
+        housekeeping = None
+        if app_name == "ours" and mode == "optin":
+            try:
+                housekeeping = _housekeeping(hub, t, windows)
+            except Exception as exc:  # private internals moved: leave this figure out
+                print(f"housekeeping figure skipped: {exc!r}", file=sys.stderr)
+    return out, housekeeping
 
 
 def _measure(variant: str, sessions: int, interval: float, reps: int) -> Json:
     if variant == "ours":
         kw: Json = {"heartbeat_interval": interval, "heartbeat_timeout": interval}
-        idle = asyncio.run(_windows("ours", "plain", sessions, interval, reps, **kw))
-        busy = asyncio.run(_windows("ours", "optin", sessions, interval, reps, **kw))
+        idle, _ = asyncio.run(_windows("ours", "plain", sessions, interval, reps, **kw))
+        busy, housekeeping = asyncio.run(_windows("ours", "optin", sessions, interval, reps, **kw))
     else:
-        idle = asyncio.run(
+        idle, _ = asyncio.run(
             _windows(
                 "seed",
                 "seed",
@@ -117,7 +158,7 @@ def _measure(variant: str, sessions: int, interval: float, reps: int) -> Json:
                 heartbeat_timeout=7200.0,
             )
         )
-        busy = asyncio.run(
+        busy, housekeeping = asyncio.run(
             _windows(
                 "seed",
                 "seed",
@@ -129,7 +170,7 @@ def _measure(variant: str, sessions: int, interval: float, reps: int) -> Json:
             )
         )
     idle_rate = sorted(w["cpu"] / w["wall"] for w in idle)[len(idle) // 2]
-    per_ping, util, pings_per_s, tasks_per_ping, client_share = [], [], [], [], []
+    per_ping, util, pings_per_s, tasks_per_ping, client_share, gc_share = [], [], [], [], [], []
     for w in busy:
         if not w["pings"]:
             raise RuntimeError("no ping was sent in a window")
@@ -139,16 +180,18 @@ def _measure(variant: str, sessions: int, interval: float, reps: int) -> Json:
         pings_per_s.append(w["pings"] / w["wall"])
         tasks_per_ping.append(w["tasks"] / w["pings"])
         client_share.append(w["client"] / w["pings"] * 1e6)
-    return ok(
-        {
-            "us_per_session_interval": summarize(per_ping, "µs"),
-            "pings_per_s": summarize(pings_per_s, "1/s"),
-            "process_cpu_util": summarize(util, "cores"),
-            "tasks_per_ping": summarize(tasks_per_ping, ""),
-            "client_us_per_ping": summarize(client_share, "µs"),
-        },
-        idle_cpu_util=round(idle_rate, 4),
-    )
+        gc_share.append(w["gc"] / w["pings"] * 1e6)
+    metrics = {
+        "us_per_session_interval": summarize(per_ping, "µs"),
+        "gc_us_per_ping": summarize(gc_share, "µs"),
+        "pings_per_s": summarize(pings_per_s, "1/s"),
+        "process_cpu_util": summarize(util, "cores"),
+        "tasks_per_ping": summarize(tasks_per_ping, ""),
+        "client_us_per_ping": summarize(client_share, "µs"),
+    }
+    if housekeeping:
+        metrics["housekeeping_us"] = summarize(housekeeping, "µs")
+    return ok(metrics, idle_cpu_util=round(idle_rate, 4))
 
 
 def run(
@@ -185,7 +228,7 @@ def run(
         metric = "us_per_session_interval"
         ratios = [
             ratio(results, "seed", "ours", metric, target=(">=", 10.0)),
-            absolute(results, "ours", metric, target=("<=", 1.5)),
+            absolute(results, "ours", "housekeeping_us", target=("<=", 1.5)),
         ]
         cases.append(case(f"{n:,} idle sessions", {"sessions": n}, results, ratios))
     notes = [
@@ -195,8 +238,13 @@ def run(
         "µs per session per interval = (process CPU − driver's client work − CPU of the same "
         "sessions without heartbeat) / pings sent. This is the whole ping cycle (housekeeping "
         "visit, ping, pong taken in), not the transport's socket work.",
-        "The design budget is ≤ 1.5 µs for housekeeping; the figure here also includes "
-        "encoding the ping and taking in the pong, so it is an upper bound of that.",
+        "housekeeping_us (ours only, the design's ≤ 1.5 µs budget): one housekeeping visit "
+        "that sends a ping, timed directly on every session with the client not answering "
+        "(white-box: uses the middleware's private registry); the pong's way back is not in it.",
+        "gc_us_per_ping: time in the cyclic garbage collector during the windows per ping "
+        "(part of the figure above): every idle await keeps a future and a coroutine alive for "
+        "a whole interval, they reach the oldest generation, and full collections then walk "
+        "every object of every session.",
     ]
     params = {"sizes": sizes, "interval": interval, "reps": reps}
     return benchmark(

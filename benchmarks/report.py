@@ -161,8 +161,10 @@ def document_markdown(document: Json) -> str:
         f"Python {m.get('python')}, {m.get('event_loop')}, open-file limit "
         f"{(m.get('open_files_limit') or ['?'])[0]}. {m.get('cpu_note', '')}.",
         "",
-        f"Load average (1, 5, 15 min) at the start: {load.get('before')}, at the end: "
-        f"{load.get('after')} — other work on the machine shares its cores.",
+        f"Load average (1, 5, 15 min) just before the run: {load.get('before')} (other work on "
+        f"the machine, which shares its cores); at the end: {load.get('after')} (this includes "
+        "the benchmark's own server and client processes; per-benchmark values are in the "
+        "JSON).",
         "",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
         "",

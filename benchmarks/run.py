@@ -108,7 +108,7 @@ def update_readme(markdown: Path, readme: Path = README) -> bool:
     if _START not in text or _END not in text:
         return False
     body = markdown.read_text().replace("](", "](results/")  # plots live in results/
-    body = re.sub(r"^## ", "### ", body, flags=re.M)
+    body = re.sub(r"^(#+) ", r"#\1 ", body, flags=re.M)  # one level below the README's
     new = text.split(_START)[0] + _START + "\n" + body.strip() + "\n" + _END + text.split(_END)[1]
     readme.write_text(new)
     return True
