@@ -340,6 +340,29 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def make_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """The argument parser of `python -m benchmarks.<module>`, with the common flags."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m benchmarks.{module}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common_args(parser)
+    return parser
+
+
+def int_list(text: str) -> list[int]:
+    """A comma-separated list of ints (`--sizes 1000,10000`)."""
+    return [int(x) for x in text.split(",")]
+
+
+def run_standalone(run: Callable[..., Json], args: argparse.Namespace, **options: Any) -> int:
+    """Run one benchmark from its command line (profile, reps, variants) and write its JSON."""
+    return finish_standalone(
+        run(resolve_profile(args), reps=args.reps, variants=args.variants, **options), args.json
+    )
+
+
 def resolve_profile(args: argparse.Namespace) -> str:
     return "quick" if getattr(args, "quick", False) else str(args.profile)
 

@@ -20,22 +20,20 @@ bottleneck on a 2-core machine.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import time
 
 from benchmarks._common import (
     Json,
-    add_common_args,
     benchmark,
     case,
     failed,
-    finish_standalone,
+    make_parser,
     not_available,
     ok,
     ours_status,
     ratio,
-    resolve_profile,
+    run_standalone,
     seed_status,
     selected,
     summarize,
@@ -198,25 +196,18 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.echo",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_args(parser)
+    parser = make_parser("echo", __doc__)
     parser.add_argument("--clients", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=None, help="length of one window")
     parser.add_argument("--message-size", type=int, default=32)
     args = parser.parse_args(argv)
-    result = run(
-        resolve_profile(args),
-        reps=args.reps,
-        variants=args.variants,
+    return run_standalone(
+        run,
+        args,
         clients=args.clients,
         seconds=args.seconds,
         message_size=args.message_size,
     )
-    return finish_standalone(result, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Variants:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import time
@@ -23,16 +22,16 @@ from typing import Any
 from benchmarks._apps import Hub, broadcast_text, build_app, ws_path
 from benchmarks._common import (
     Json,
-    add_common_args,
     benchmark,
     case,
-    finish_standalone,
     guarded,
+    int_list,
+    make_parser,
     not_available,
     ok,
     ours_status,
     ratio,
-    resolve_profile,
+    run_standalone,
     seed_status,
     selected,
     summarize,
@@ -171,28 +170,21 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.fanout",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_args(parser)
+    parser = make_parser("fanout", __doc__)
     parser.add_argument(
         "--sizes",
-        type=lambda s: [int(x) for x in s.split(",")],
+        type=int_list,
         default=None,
         help="comma-separated session counts (default per profile)",
     )
     parser.add_argument("--message-size", type=int, default=64)
     args = parser.parse_args(argv)
-    result = run(
-        resolve_profile(args),
-        reps=args.reps,
-        variants=args.variants,
+    return run_standalone(
+        run,
+        args,
         sizes=args.sizes,
         message_size=args.message_size,
     )
-    return finish_standalone(result, args.json)
 
 
 if __name__ == "__main__":

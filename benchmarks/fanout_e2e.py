@@ -13,21 +13,19 @@ also kept for replay), ``seed`` (``ws_manager.broadcast`` of the seed package).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 from benchmarks._common import (
     Json,
-    add_common_args,
     benchmark,
     case,
     failed,
-    finish_standalone,
+    make_parser,
     not_available,
     ok,
     ours_status,
     ratio,
-    resolve_profile,
+    run_standalone,
     seed_status,
     selected,
     summarize,
@@ -153,23 +151,16 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.fanout_e2e",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_args(parser)
+    parser = make_parser("fanout_e2e", __doc__)
     parser.add_argument("--clients", type=int, default=None)
     parser.add_argument("--message-size", type=int, default=64)
     args = parser.parse_args(argv)
-    result = run(
-        resolve_profile(args),
-        reps=args.reps,
-        variants=args.variants,
+    return run_standalone(
+        run,
+        args,
         clients=args.clients,
         message_size=args.message_size,
     )
-    return finish_standalone(result, args.json)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ tasks created during the window per ping (the design allows none).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import sys
@@ -30,16 +29,16 @@ from benchmarks._apps import Hub, build_app, ws_path
 from benchmarks._common import (
     Json,
     absolute,
-    add_common_args,
     benchmark,
     case,
     failed,
-    finish_standalone,
+    int_list,
+    make_parser,
     not_available,
     ok,
     ours_status,
     ratio,
-    resolve_profile,
+    run_standalone,
     seed_status,
     selected,
     summarize,
@@ -259,28 +258,21 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.heartbeat",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_args(parser)
+    parser = make_parser("heartbeat", __doc__)
     parser.add_argument(
         "--sessions",
-        type=lambda s: [int(x) for x in s.split(",")],
+        type=int_list,
         default=None,
         help="comma-separated session counts (default per profile)",
     )
     parser.add_argument("--interval", type=float, default=None, help="heartbeat interval (s)")
     args = parser.parse_args(argv)
-    result = run(
-        resolve_profile(args),
-        reps=args.reps,
-        variants=args.variants,
+    return run_standalone(
+        run,
+        args,
         sizes=args.sessions,
         interval=args.interval,
     )
-    return finish_standalone(result, args.json)
 
 
 if __name__ == "__main__":

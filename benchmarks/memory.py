@@ -16,7 +16,6 @@ added / connections added), so the median is over five samples per variant. Vari
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import time
@@ -25,12 +24,12 @@ import tracemalloc
 from benchmarks._apps import Hub, build_app, ws_path
 from benchmarks._common import (
     Json,
-    add_common_args,
     benchmark,
     case,
     difference,
     finish_standalone,
     guarded,
+    make_parser,
     not_available,
     ok,
     ours_status,
@@ -232,12 +231,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.memory",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_args(parser)
+    parser = make_parser("memory", __doc__)
     parser.add_argument("--heap-sessions", type=int, default=None)
     parser.add_argument("--connections", type=int, default=None, help="for server_rss")
     parser.add_argument("--parts", default="heap,rss", help="heap, rss or both")

@@ -18,7 +18,6 @@ and why, instead of a number.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
@@ -27,11 +26,11 @@ from urllib.parse import quote
 
 from benchmarks._common import (
     Json,
-    add_common_args,
     benchmark,
     case,
     failed,
     finish_standalone,
+    make_parser,
     not_available,
     ok,
     ours_status,
@@ -174,12 +173,7 @@ def run(profile: str = "full", *, reps: int | None = None, frames: int | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.resume",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_args(parser)
+    parser = make_parser("resume", __doc__)
     parser.add_argument("--frames", type=int, default=None)
     args = parser.parse_args(argv)
     result = run(resolve_profile(args), reps=args.reps, frames=args.frames)

@@ -16,21 +16,19 @@ connection is still open and that no heartbeat timed out.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
 from benchmarks._common import (
     Json,
-    add_common_args,
     benchmark,
     case,
     failed,
-    finish_standalone,
+    make_parser,
     not_available,
     ok,
     ours_status,
-    resolve_profile,
+    run_standalone,
     selected,
     summarize,
 )
@@ -185,23 +183,16 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.scale",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_args(parser)
+    parser = make_parser("scale", __doc__)
     parser.add_argument("--target", type=int, default=None, help="connections to reach")
     parser.add_argument("--interval", type=float, default=None, help="heartbeat interval (s)")
     args = parser.parse_args(argv)
-    result = run(
-        resolve_profile(args),
-        reps=args.reps,
-        variants=args.variants,
+    return run_standalone(
+        run,
+        args,
         target=args.target,
         interval=args.interval,
     )
-    return finish_standalone(result, args.json)
 
 
 if __name__ == "__main__":
