@@ -175,13 +175,11 @@ class Stabilizer:
 
     def _buffer_detached(self, session: Session, escaped: dict[str, Any], size: int) -> bool:
         """A frame for a detached session waits in its replay buffer for the resume."""
-        if session._replay is None or session.state is not SessionState.DETACHED:
-            return False
-        if not session._buffer_out(escaped, size):
-            return False
-        session.frames_out += 1
-        session.bytes_out += size
-        return True
+        return (
+            session._replay is not None
+            and session.state is SessionState.DETACHED
+            and session._hold(escaped, size)
+        )
 
     async def broadcast(
         self,
@@ -291,9 +289,7 @@ class Stabilizer:
                     await anyio.sleep(delay)
                 if conn._abort(1012, "server draining"):
                     aborted.append(conn)
-        with anyio.move_on_after(DRAIN_GRACE):
-            while any(c.session._conn is c for c in aborted):  # noqa: ASYNC110 - polls many ends
-                await anyio.sleep(0.005)
+        await _unwound(aborted, DRAIN_GRACE)
         failed = sum(1 for c in aborted if c.session._conn is c)
         closed = len(aborted) - failed
         report = ShutdownReport(closed, failed, round(_monotonic() - started, 3))
@@ -313,9 +309,7 @@ class Stabilizer:
         self._draining = True
         conns = [s._conn for s in self._registry if s._conn is not None]
         aborted = [conn for conn in conns if conn._abort(1012, "server shutdown")]
-        with anyio.move_on_after(timeout):
-            while any(c.session._conn is c for c in conns):  # noqa: ASYNC110 - polls many ends
-                await anyio.sleep(0.01)
+        await _unwound(conns, timeout)
         failed = sum(1 for c in aborted if c.session._conn is c)
         report = ShutdownReport(len(aborted) - failed, failed, round(_monotonic() - started, 3))
         _log.event(
@@ -841,6 +835,13 @@ class Stabilizer:
 
 class _UnknownSession(InvalidTokenError):
     """A genuine token for a session this process does not have."""
+
+
+async def _unwound(conns: list[Connection], timeout: float) -> None:
+    """Wait (up to `timeout`) until the apps of these closed connections have returned."""
+    with anyio.move_on_after(timeout):
+        while any(c.session._conn is c for c in conns):  # noqa: ASYNC110 - polls many ends
+            await anyio.sleep(0.005)
 
 
 def _escaped(frame: dict[str, Any]) -> dict[str, Any]:

@@ -443,11 +443,7 @@ class Connection:
             if session._replay is not None and session._conn is self:
                 # A resume being accepted (replayed right after the greeting), or a connection
                 # that is going down (replayed if the session resumes, dropped if it ends).
-                if not session._buffer_out(escaped, size):
-                    return FAILED
-                session.frames_out += 1
-                session.bytes_out += size
-                return DELIVERED
+                return DELIVERED if session._hold(escaped, size) else FAILED
             return FAILED
         session.frames_out += 1
         session.bytes_out += size
@@ -457,24 +453,9 @@ class Connection:
             frame = escaped
             if session._replay is not None:
                 buffered = session._buffer_out(escaped, size)
-        if self._busy or not self._aio:
-            result = self._offer(frame, size)
-            return DELIVERED if buffered and result == FAILED else result
-        # Fast path (asyncio, transport idle): step the server's send inline; it completes
-        # without suspending unless the transport pushes back.
-        self._busy = True
-        coro: Coroutine[Any, Any, None] = self._send(frame)  # type: ignore[assignment]
-        try:
-            first = coro.send(None)
-        except StopIteration:
-            self._busy = False
-            return DELIVERED
-        except Exception as exc:
-            self._busy = False
-            self._transport_failed(exc)
-            return DELIVERED if buffered else FAILED
-        self._mgr._spawn(self._write_rest, coro, first)
-        return DELIVERED
+        result = self._offer(frame, size)
+        # A frame held for replay is delivered even if this connection fails under it.
+        return DELIVERED if buffered and result == FAILED else result
 
     def _offer_control(self, text: str) -> int:
         if self._phase != OPEN or self._closing is not None:
@@ -482,6 +463,8 @@ class Connection:
         return self._offer({"type": "websocket.send", "text": text}, len(text))
 
     def _offer(self, frame: Message, size: int) -> int:
+        """Write now if the transport is idle (stepping the server's send inline: it completes
+        without suspending unless the transport pushes back), else queue (bounded)."""
         if self._busy:
             return self._enqueue(frame, size)
         self._busy = True
@@ -553,10 +536,7 @@ class Connection:
             with anyio.CancelScope() as scope:
                 self._writer_scope = scope
                 while queue:
-                    frame, size, waiter = queue.popleft()
-                    if size:
-                        self._outq_bytes -= size
-                        self.session._charge(-size)
+                    frame, waiter = self._dequeue(queue)
                     failed = self._closing is not None and frame.get("type") != "websocket.close"
                     if not failed:
                         try:
@@ -570,13 +550,20 @@ class Connection:
             self._release_queue()
             self._busy = False
 
+    def _dequeue(
+        self, queue: deque[tuple[Message, int, anyio.Event | None]]
+    ) -> tuple[Message, anyio.Event | None]:
+        """Take the oldest queued frame and release its memory accounting."""
+        frame, size, waiter = queue.popleft()
+        if size:
+            self._outq_bytes -= size
+            self.session._charge(-size)
+        return frame, waiter
+
     def _release_queue(self) -> None:
         queue = self._outq
         while queue:
-            _frame, size, waiter = queue.popleft()
-            if size:
-                self._outq_bytes -= size
-                self.session._charge(-size)
+            _frame, waiter = self._dequeue(queue)
             if waiter is not None:
                 waiter.set()
 

@@ -261,6 +261,14 @@ class Session:
                 return False
         return True
 
+    def _hold(self, frame: MutableMapping[str, Any], size: int) -> bool:
+        """A frame for a session with no open connection: counted as sent, kept for replay."""
+        if not self._buffer_out(frame, size):
+            return False
+        self.frames_out += 1
+        self.bytes_out += size
+        return True
+
     def _ack_out(self, n: int) -> None:
         """The client confirms server→client frames 1..n: free them."""
         replay = self._replay
