@@ -5,9 +5,7 @@ The endpoints are plain Starlette code; the manager is reached only through `web
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,28 +16,7 @@ from starlette.testclient import TestClient, WebSocketTestSession
 from starlette.websockets import WebSocket
 
 from stabilizer_asgi import Stabilizer, StabilizerMiddleware
-
-RS = "\x1e"
-# Generous upper bound for anything a test waits on; nothing asserts on how fast it happens.
-WAIT = 5.0
-
-
-def control(frame: object) -> dict[str, Any] | None:
-    """The control frame in `frame`, or None for a data frame."""
-    if isinstance(frame, str) and frame[:1] == RS and frame[1:2] != RS:
-        obj = json.loads(frame[1:])
-        assert isinstance(obj, dict)
-        return obj
-    return None
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Poll `predicate` until it holds; fail the test if it never does."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached within the timeout")
-        time.sleep(0.005)
+from tests.helpers import RS, WAIT, control, wait_until  # noqa: F401 - re-exported
 
 
 def hello(ws: WebSocketTestSession) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from typing import Any
 
@@ -14,6 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from stabilizer_asgi import StabilizerMiddleware
+from tests.helpers import never_reading_client
 
 from .apps import EVENTS, make_app
 
@@ -209,34 +209,10 @@ async def test_broadcast_reaches_1000_clients(uvicorn_server: Any) -> None:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
 
-async def raw_ws_client(port: int, path: str) -> socket.socket:
-    """A WebSocket client on a bare socket that completes the handshake and then never reads.
-
-    Its small receive buffer turns off loopback autotuning (up to 32 MB here), so the kernel
-    cannot absorb the server's backlog on its behalf.
-    """
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, ("127.0.0.1", port))
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
-    )
-    await loop.sock_sendall(sock, request.encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += await loop.sock_recv(sock, 1)
-    assert head.startswith(b"HTTP/1.1 101")
-    return sock
-
-
 async def test_slow_consumer_does_not_delay_others(uvicorn_server: Any) -> None:
     """A client that stops reading is closed 1008 (slow consumer); the others get every frame."""
     server = uvicorn_server(stabilized(max_queue_messages=20, max_queue_bytes=10_000_000))
-    slow = await raw_ws_client(server.port, "/room")
+    slow = await never_reading_client(server.port, "/room")
     fast = await connect(server.url("/room"))
     await fast.recv()
     payload = "x" * 65536

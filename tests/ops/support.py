@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,36 +17,17 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stabilizer_asgi import StabilizerMiddleware
 from stabilizer_asgi import logging as slog
+from tests.helpers import (  # noqa: F401 - re-exported for the ops tests
+    RS,
+    WAIT,
+    await_until,
+    control,
+    never_reading_client,
+    wait_until,
+)
 
-RS = "\x1e"
-WAIT = 5.0
 LOOPBACK = ("127.0.0.1", 50000)
 REMOTE = ("203.0.113.7", 50000)
-
-
-def control(frame: object) -> dict[str, Any] | None:
-    """The control frame in `frame`, or None for a data frame."""
-    if isinstance(frame, str) and frame[:1] == RS and frame[1:2] != RS:
-        obj = json.loads(frame[1:])
-        assert isinstance(obj, dict)
-        return obj
-    return None
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Poll `predicate` until it holds; fail the test if it never does."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached within the timeout")
-        time.sleep(0.005)
-
-
-async def await_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
-    """`wait_until` for async tests."""
-    with anyio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110 - the state lives in another thread
-            await anyio.sleep(0.005)
 
 
 class AppCalls:
@@ -119,30 +96,6 @@ def make_app(calls: AppCalls | None = None) -> Starlette:
 
 def stabilized(calls: AppCalls | None = None, **settings: Any) -> StabilizerMiddleware:
     return StabilizerMiddleware(make_app(calls), **settings)
-
-
-async def never_reading_client(port: int, path: str) -> socket.socket:
-    """A websocket client on a bare socket that completes the handshake and never reads.
-
-    Its small receive buffer turns off loopback autotuning, so the kernel cannot absorb the
-    server's backlog on its behalf and the server's transport really backs up.
-    """
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, ("127.0.0.1", port))
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
-    )
-    await loop.sock_sendall(sock, request.encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += await loop.sock_recv(sock, 1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock
 
 
 class Captured(logging.Handler):
