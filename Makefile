@@ -7,7 +7,7 @@ BSTAMP := $(VENV)/.installed-bench
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: demo test lint format bench bench-quick clean
+.PHONY: demo test lint tools format bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,18 @@ demo: $(STAMP)
 	$(BIN)/stabilizer-asgi serve examples.chat:app --host $(HOST) --port $(PORT)
 
 ## make test: lint, type-check and run the whole test suite
-test: lint
+test: lint tools
 	$(BIN)/python -m pytest
+
+## make tools: the external tools the tests drive (Debian's chromium for the browser client)
+tools:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else \
+	    echo "make test needs Debian's chromium: sudo apt-get install chromium" >&2; exit 1; \
+	  fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check stabilizer_asgi tests benchmarks examples
