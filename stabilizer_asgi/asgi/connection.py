@@ -240,6 +240,11 @@ class Connection:
         return message
 
     def _control(self, text: str, now: float) -> None:
+        pong = wire.decode_pong(text)
+        if pong is not None:  # the heartbeat's answer, once per interval: skip the JSON parser
+            self.session._ack_out(pong[1])
+            self._pong(pong[0], now)
+            return
         frame = wire.decode_control(text)
         mgr = self._mgr
         if frame is None:
@@ -251,10 +256,7 @@ class Connection:
         if n is not None:
             session._ack_out(n)
         if kind == "pong":
-            ts = frame.get("ts")
-            if session._ping_ts is not None and ts == session._ping_ts:
-                session.rtt = now - session._ping_ts
-                mgr._record_rtt(session.rtt)
+            self._pong(frame.get("ts"), now)
         elif kind == "ping":
             ts = frame.get("ts")
             if not wire.is_number(ts):
@@ -266,6 +268,13 @@ class Connection:
                 mgr._count("control_malformed")
         else:
             mgr._count("control_unknown")
+
+    def _pong(self, ts: object, now: float) -> None:
+        """The answer to our ping: its round-trip time, if it echoes the latest ping's `ts`."""
+        session = self.session
+        if session._ping_ts is not None and ts == session._ping_ts:
+            session.rtt = now - session._ping_ts
+            self._mgr._record_rtt(session.rtt)
 
     async def _receive_buffered(self) -> Message:
         """Receive while a reader task owns the socket: take from the bounded read-ahead."""
@@ -637,7 +646,7 @@ class Connection:
             self._mgr._count("pings")
             if self._proto == "control":
                 session._ping_ts = ts = round(now, 6)
-                self._offer_control(wire.encode_control("ping", ts=ts, n=session.frames_in))
+                self._offer_control(wire.encode_ping(ts, session.frames_in))
             else:
                 self._offer_control(cfg.ping_text)
         elif action is Action.DEAD:

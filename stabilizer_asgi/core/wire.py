@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
@@ -16,6 +17,30 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 def encode_control(kind: str, **fields: Any) -> str:
     """A control frame: RS + compact JSON with `"t"` first."""
     return RS + _dumps({"t": kind, **fields})
+
+
+def encode_ping(ts: float, n: int) -> str:
+    """`encode_control("ping", ts=ts, n=n)` without the JSON encoder (one per session per
+    heartbeat interval): the same bytes, as `json` writes floats with `float.__repr__`."""
+    return f'{RS}{{"t":"ping","ts":{ts!r},"n":{n:d}}}'
+
+
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?").fullmatch
+_PONG_HEAD = RS + '{"t":"pong","ts":'
+_PONG_HEAD_LEN = len(_PONG_HEAD)
+
+
+def decode_pong(text: str) -> tuple[float, int] | None:
+    """`(ts, n)` of a pong in the canonical form every client of ours sends
+    (`RS{"t":"pong","ts":<number>,"n":<int>}`), else None: then use `decode_control`."""
+    if not text.startswith(_PONG_HEAD) or text[-1:] != "}":
+        return None
+    ts_text, sep, n_text = text[_PONG_HEAD_LEN:-1].partition(',"n":')
+    if not sep or not n_text.isdigit() or not n_text.isascii() or len(n_text) > 15:
+        return None
+    if _JSON_NUMBER(ts_text) is None:
+        return None
+    return float(ts_text), int(n_text)
 
 
 def decode_control(text: str) -> dict[str, Any] | None:
