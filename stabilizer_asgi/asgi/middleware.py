@@ -68,7 +68,19 @@ class StabilizerMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "websocket":
-            await self._websocket(scope, receive, send)
+            # Set up synchronously, then await the app right here: a websocket keeps this one
+            # coroutine frame alive for its whole life, not two (~400 bytes per connection).
+            client = scope.get("client")
+            ip = client[0] if client else None
+            opened = self._open(scope, receive, send, client, ip)
+            if not isinstance(opened, Connection):
+                await self._deny(scope, receive, send, *opened)
+                return
+            try:
+                await self.app(scope, opened.receive, opened.send)
+            finally:
+                self.manager._ended(opened)
+                self.manager._release(ip)
         elif kind == "http":
             handler = self._routes.get(_route_path(scope))
             if handler is not None:
@@ -84,20 +96,25 @@ class StabilizerMiddleware:
         else:
             await self.app(scope, receive, send)
 
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _open(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        client: tuple[str, int] | None,
+        ip: str | None,
+    ) -> Connection | tuple[int, str]:
+        """Admit a websocket and make its session and `Connection`, or say how to refuse it."""
         manager = self.manager
         manager._ensure_service()
         query = scope.get("query_string") or b""
         opt_in = _NO_OPT_IN
         if b"stabilizer" in query:
             scope["query_string"], opt_in = split_query(query)
-        client = scope.get("client")
-        ip = client[0] if client else None
         refusal = manager._admit(ip)
         if refusal is not None:
             manager._rejected(refusal, client)
-            await self._deny(scope, receive, send, 503, refusal)
-            return
+            return 503, refusal
         try:
             client_id = self._find_client_id(scope)
             cfg = self.config
@@ -105,8 +122,8 @@ class StabilizerMiddleware:
                 existing = manager.by_client(client_id)
                 if existing and cfg.duplicate_client == "reject":
                     manager._rejected("duplicate_client", client)
-                    await self._deny(scope, receive, send, 409, "duplicate_client")
-                    return
+                    manager._release(ip)
+                    return 409, "duplicate_client"
                 for old in existing:
                     if old._conn is not None:
                         old._conn._abort(1000, "replaced")
@@ -117,19 +134,17 @@ class StabilizerMiddleware:
             session, resume_ack, resume_reason = manager._open_session(opt_in, client_id, remote)
             conn = Connection(manager, session, receive, send, control=control, heartbeat=heartbeat)
             manager._bind(conn, resume_ack, resume_reason)
-            # Servers hand each connection a shallow copy of the lifespan state: copy it again
-            # rather than writing into a dict the server or another middleware may share.
-            state = scope.get("state")
-            state = dict(state) if state else {}
-            state["stabilizer"] = manager
-            state["stabilizer_session"] = session
-            scope["state"] = state
-            try:
-                await self.app(scope, conn.receive, conn.send)
-            finally:
-                manager._ended(conn)
-        finally:
+        except BaseException:
             manager._release(ip)
+            raise
+        # Servers hand each connection a shallow copy of the lifespan state: copy it again
+        # rather than writing into a dict the server or another middleware may share.
+        state = scope.get("state")
+        state = dict(state) if state else {}
+        state["stabilizer"] = manager
+        state["stabilizer_session"] = session
+        scope["state"] = state
+        return conn
 
     def _find_client_id(self, scope: Scope) -> str | None:
         try:
