@@ -50,7 +50,7 @@ class Connection:
         "_mgr",
         "_receive",
         "_send",
-        "_aio",
+        "_loop",
         "_phase",
         "_closing",
         "_proto",
@@ -96,7 +96,9 @@ class Connection:
         self._mgr = manager
         self._receive = receive
         self._send = send
-        self._aio = _runtime.library() == "asyncio"
+        # The running asyncio loop, None on trio. `current_task()` without it calls
+        # `get_running_loop()`, which on CPython <= 3.11 makes a getpid() syscall per frame.
+        self._loop = asyncio.get_running_loop() if _runtime.library() == "asyncio" else None
         self._phase = CONNECTING
         self._closing: tuple[int, str] | None = None
         # "control": wire protocol v1 (opted in); "text": plain ping/pong text; None: transparent
@@ -139,8 +141,8 @@ class Connection:
         while True:
             if self._closing is not None and self._phase != CONNECTING:
                 return self._closed_message()
-            if self._aio:
-                task = _current_task()
+            if self._loop is not None:
+                task = _current_task(self._loop)
                 self._recv_task = task
                 try:
                     message = await self._receive()
@@ -164,7 +166,11 @@ class Connection:
             out = self._inbound(message)
             if out is not None:
                 if out.get("type") == "websocket.receive":
-                    self._took(out)
+                    session = self.session
+                    if session._replay is None:  # the common case: nothing to acknowledge
+                        session.frames_in += 1
+                    else:
+                        self._took(out)
                 return out
             if self._inbox is not None:  # pragma: no cover - a reader cannot start mid-receive
                 return await self._receive_buffered()
@@ -335,42 +341,66 @@ class Connection:
         """The app's `send`: ordered with manager sends, escaped for opted-in clients."""
         phase = self._phase
         kind = message.get("type")
-        if phase == OPEN:
-            if kind == "websocket.send":
-                if self._closing is not None:
-                    raise WebSocketDisconnect(*self._closing)
-                text = message.get("text")
-                if text is not None:
-                    size = text_size(text)
-                    if text[:1] == _RS and self._proto == "control":
-                        message = {"type": kind, "text": _RS + text}
-                else:
-                    data = message.get("bytes")
-                    size = len(data) if data is not None else 0
-                session = self.session
-                session.frames_out += 1
-                session.bytes_out += size
-                if session._replay is not None and session._buffer_out(message, size):
-                    # Held for replay: it counts as sent even if this connection fails now,
-                    # so an app that retries on the error cannot cause a duplicate.
-                    try:
-                        await self._app_send(message, size)
-                    except (WebSocketDisconnect, OSError):
-                        self._send_failed = True
-                    return
-                await self._app_send(message, size)
-                return
-            if kind == "websocket.close":
-                if self._closing is not None:
-                    return  # the middleware closed it already; closing twice is harmless
-                self._phase = CLOSED
-                self._app_closed = True
-                session = self.session
-                session.close_code = message.get("code", 1000)
-                session.close_reason = message.get("reason") or ""
-                await self._app_send(message, 0)
-                return
-        elif phase == CONNECTING:
+        held = False
+        if phase == OPEN and kind == "websocket.send":
+            if self._closing is not None:
+                raise WebSocketDisconnect(*self._closing)
+            text = message.get("text")
+            if text is not None:
+                size = text_size(text)
+                if text[:1] == _RS and self._proto == "control":
+                    message = {"type": kind, "text": _RS + text}
+            else:
+                data = message.get("bytes")
+                size = len(data) if data is not None else 0
+            session = self.session
+            session.frames_out += 1
+            session.bytes_out += size
+            held = session._replay is not None and session._buffer_out(message, size)
+        elif phase == OPEN and kind == "websocket.close":
+            if self._closing is not None:
+                return  # the middleware closed it already; closing twice is harmless
+            self._phase = CLOSED
+            self._app_closed = True
+            session = self.session
+            session.close_code = message.get("code", 1000)
+            session.close_reason = message.get("reason") or ""
+        else:
+            await self._send_outside_open(phase, kind, message)
+            return
+        # In turn with manager sends. The asyncio path is inline: one coroutine less per frame.
+        try:
+            if self._busy:
+                await self._send_queued(message)
+            elif self._loop is None:
+                await self._send_scoped(message)
+            else:
+                self._busy = True
+                task = self._send_task = _current_task(self._loop)
+                try:
+                    await self._send(message)
+                except Exception:
+                    self._send_failed = True
+                    raise
+                except asyncio.CancelledError:
+                    if self._send_interrupted and task is not None:
+                        self._send_interrupted = False
+                        if not _runtime.uncancel(task):
+                            raise WebSocketDisconnect(*(self._closing or (1006, ""))) from None
+                    raise
+                finally:
+                    self._send_task = None
+                    self._end_turn()
+        except (WebSocketDisconnect, OSError):
+            if not held:
+                raise
+            # Held for replay: it counts as sent even if this connection fails now,
+            # so an app that retries on the error cannot cause a duplicate.
+            self._send_failed = True
+
+    async def _send_outside_open(self, phase: int, kind: object, message: Message) -> None:
+        """The app's `send` before the handshake completes, or after the connection closed."""
+        if phase == CONNECTING:
             if kind == "websocket.accept":
                 await self._send(message)
                 self._phase = OPEN
@@ -380,10 +410,7 @@ class Connection:
                 try:
                     await self._mgr._accepted(self)
                 finally:
-                    if self._outq:
-                        self._mgr._spawn(self._flush)
-                    else:
-                        self._busy = False
+                    self._end_turn()
                 return
             if kind == "websocket.close":
                 await self._send(message)
@@ -399,51 +426,40 @@ class Connection:
             return
         await self._send(message)
 
-    async def _app_send(self, message: Message, size: int) -> None:
-        if self._busy:
-            waiter = anyio.Event()
-            queue = self._outq
-            if queue is None:
-                queue = self._outq = deque()
-            queue.append((message, 0, waiter))
-            await waiter.wait()
-            if self._closing is not None and message.get("type") == "websocket.send":
-                raise WebSocketDisconnect(*self._closing)
-            return
+    async def _send_queued(self, message: Message) -> None:
+        """The transport is busy: wait for this frame's turn in the outbound queue."""
+        waiter = anyio.Event()
+        queue = self._outq
+        if queue is None:
+            queue = self._outq = deque()
+        queue.append((message, 0, waiter))
+        await waiter.wait()
+        if self._closing is not None and message.get("type") == "websocket.send":
+            raise WebSocketDisconnect(*self._closing)
+
+    async def _send_scoped(self, message: Message) -> None:
+        """Send one app frame on trio, in a cancel scope `_abort` can cancel."""
         self._busy = True
         try:
-            if self._aio:
-                task = _current_task()
-                self._send_task = task
+            with anyio.CancelScope() as scope:
+                self._send_scope = scope
                 try:
                     await self._send(message)
                 except Exception:
                     self._send_failed = True
                     raise
-                except asyncio.CancelledError:
-                    if self._send_interrupted and task is not None:
-                        self._send_interrupted = False
-                        if not _runtime.uncancel(task):
-                            raise WebSocketDisconnect(*(self._closing or (1006, ""))) from None
-                    raise
-                finally:
-                    self._send_task = None
-            else:
-                with anyio.CancelScope() as scope:
-                    self._send_scope = scope
-                    try:
-                        await self._send(message)
-                    except Exception:
-                        self._send_failed = True
-                        raise
-                self._send_scope = None
-                if scope.cancelled_caught:
-                    raise WebSocketDisconnect(*(self._closing or (1006, "")))
+            self._send_scope = None
+            if scope.cancelled_caught:
+                raise WebSocketDisconnect(*(self._closing or (1006, "")))
         finally:
-            if self._outq:
-                self._mgr._spawn(self._flush)
-            else:
-                self._busy = False
+            self._end_turn()
+
+    def _end_turn(self) -> None:
+        """An app send finished: hand the transport to the backlog, if any."""
+        if self._outq:
+            self._mgr._spawn(self._flush)
+        else:
+            self._busy = False
 
     def offer(self, frame: Message, escaped: Message, size: int, now: float) -> int:
         """Hand a data frame to this connection without waiting (manager sends, broadcast)."""
@@ -477,7 +493,7 @@ class Connection:
         if self._busy:
             return self._enqueue(frame, size)
         self._busy = True
-        if not self._aio:
+        if self._loop is None:
             self._mgr._spawn(self._write, frame)
             return DELIVERED
         coro: Coroutine[Any, Any, None] = self._send(frame)  # type: ignore[assignment]
