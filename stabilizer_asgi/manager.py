@@ -15,6 +15,7 @@ import anyio.abc
 
 from . import logging as _log
 from .asgi import _runtime
+from .asgi.connection import DELIVERED, DROPPED, FAILED, FanOut, fan_out
 from .backends import Envelope, SessionRecord, create_backend
 from .config import StabilizerConfig
 from .core import wire
@@ -30,6 +31,7 @@ from .exceptions import (
     SessionNotFoundError,
     TokenExpiredError,
 )
+from .types import Message
 
 if TYPE_CHECKING:
     from .asgi.connection import Connection
@@ -167,13 +169,9 @@ class Stabilizer:
         session = self._registry.get(session_id)
         if session is None:
             return False
-        escaped = _escaped(frame)
-        conn = session._conn
-        if conn is None:
-            return self._buffer_detached(session, escaped, size)
-        return bool(conn.offer(frame, escaped, size, _monotonic()) == 0)
+        return self._offer_one(session, frame, _escaped(frame), size, _monotonic()) == DELIVERED
 
-    def _buffer_detached(self, session: Session, escaped: dict[str, Any], size: int) -> bool:
+    def _buffer_detached(self, session: Session, escaped: Message, size: int) -> bool:
         """A frame for a detached session waits in its replay buffer for the resume."""
         return (
             session._replay is not None
@@ -214,26 +212,54 @@ class Stabilizer:
         else:
             targets = list(self._registry.members(group).values())
         skip = envelope.exclude
+        if skip:
+            targets = [session for session in targets if session.id not in skip]
         now = _monotonic()
         total = len(targets)
         dropped = failed = 0
-        # The hot loop: one attribute load and one call per session in the common case.
-        for session in targets:
-            if skip and session.id in skip:
-                total -= 1
-                continue
-            conn = session._conn
-            if conn is None:
-                if not self._buffer_detached(session, escaped, size):
-                    failed += 1
-                continue
-            result = conn.offer(frame, escaped, size, now)
-            if result:
-                if result == 1:
-                    dropped += 1
-                else:
-                    failed += 1
-        return total, total - dropped - failed, dropped, failed
+        if _runtime.library() != "asyncio":
+            for session in targets:
+                result = self._offer_one(session, frame, escaped, size, now)
+                if result:
+                    if result == DROPPED:
+                        dropped += 1
+                    else:
+                        failed += 1
+            return total, total - dropped - failed, dropped, failed
+        remaining = iter(targets)
+        while True:
+            tally = FanOut()
+            pump = fan_out(self, remaining, frame, escaped, size, now, tally)
+            try:
+                first = pump.send(None)
+            except StopIteration:
+                dropped += tally.dropped
+                failed += tally.failed
+                return total, total - dropped - failed, dropped, failed
+            dropped += tally.dropped
+            failed += tally.failed
+            # A transport pushed back: its writer finishes this one send (a frame in flight
+            # counts as delivered), and a new stretch carries on with the other sessions.
+            tally.handed_off = True
+            conn = tally.conn
+            assert conn is not None
+            conn._busy = True
+            self._spawn(conn._write_rest, pump, first)
+
+    def _offer_one(
+        self,
+        session: Session,
+        frame: Message,
+        escaped: Message,
+        size: int,
+        now: float,
+    ) -> int:
+        """One broadcast recipient through the general path: DELIVERED, DROPPED or FAILED."""
+        conn = session._conn
+        if conn is None:
+            return DELIVERED if self._buffer_detached(session, escaped, size) else FAILED
+        result: int = conn.offer(frame, escaped, size, now)
+        return result
 
     async def join(self, session_id: str, group: str) -> None:
         """Add a session to a group (created on first join)."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import types
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -470,17 +471,23 @@ class Connection:
                 # that is going down (replayed if the session resumes, dropped if it ends).
                 return DELIVERED if session._hold(escaped, size) else FAILED
             return FAILED
+        out, held = self._outbound(frame, escaped, size, now)
+        result = self._offer(out, size)
+        # A frame held for replay is delivered even if this connection fails under it.
+        return DELIVERED if held and result == FAILED else result
+
+    def _outbound(
+        self, frame: Message, escaped: Message, size: int, now: float
+    ) -> tuple[Message, bool]:
+        """Count a manager frame as sent on this open connection: the form this client gets,
+        and whether it is held for replay."""
+        session = self.session
         session.frames_out += 1
         session.bytes_out += size
         session._last_out = now
-        buffered = False
-        if self._proto == "control":
-            frame = escaped
-            if session._replay is not None:
-                buffered = session._buffer_out(escaped, size)
-        result = self._offer(frame, size)
-        # A frame held for replay is delivered even if this connection fails under it.
-        return DELIVERED if buffered and result == FAILED else result
+        if self._proto != "control":
+            return frame, False
+        return escaped, session._replay is not None and session._buffer_out(escaped, size)
 
     def _offer_control(self, text: str) -> int:
         if self._phase != OPEN or self._closing is not None:
@@ -686,3 +693,56 @@ class Connection:
     @property
     def state(self) -> SessionState:
         return self.session.state
+
+
+class FanOut:
+    """One stretch of a broadcast's fan-out: its counts, and the connection it is writing to."""
+
+    __slots__ = ("conn", "dropped", "failed", "handed_off")
+
+    def __init__(self) -> None:
+        self.conn: Connection | None = None
+        self.dropped = 0
+        self.failed = 0
+        self.handed_off = False
+
+    def count(self, result: int) -> None:
+        if result == DROPPED:
+            self.dropped += 1
+        elif result == FAILED:
+            self.failed += 1
+
+
+@types.coroutine
+def fan_out(
+    manager: Stabilizer,
+    targets: Iterator[Session],
+    frame: Message,
+    escaped: Message,
+    size: int,
+    now: float,
+    tally: FanOut,
+) -> Generator[Any, Any, None]:
+    """Broadcast on asyncio: step every idle transport's send inline, one after another.
+
+    `yield from` the server's send costs no `StopIteration` per session, unlike stepping a
+    coroutine per connection. If a send suspends (the transport pushes back), this generator
+    yields: the caller hands it to that connection's writer, where it returns as soon as that
+    one send is done (`tally.handed_off`), and carries on with the rest of `targets` in a new one.
+    Sessions that are detached, busy or closing go through `offer` (`manager._offer_one`).
+    """
+    for session in targets:
+        conn = session._conn
+        if conn is None or conn._busy or conn._phase != OPEN or conn._closing is not None:
+            tally.count(manager._offer_one(session, frame, escaped, size, now))
+            continue
+        out, held = conn._outbound(frame, escaped, size, now)
+        tally.conn = conn
+        try:
+            yield from conn._send(out)  # servers' sends are coroutines
+        except Exception as exc:
+            conn._transport_failed(exc)
+            if not held:  # a frame held for replay is delivered even if this connection fails
+                tally.failed += 1
+        if tally.handed_off:
+            return
