@@ -12,12 +12,30 @@ Everything else uses anyio. What anyio does not offer:
 from __future__ import annotations
 
 import asyncio
+import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 import sniffio
 
 _system_tasks: set[asyncio.Task[Any]] = set()
+
+
+def _current_task_getter() -> Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]:
+    """`asyncio.current_task(loop)`, as cheap as the running Python allows (twice per frame).
+
+    Up to CPython 3.11 `current_task` is a Python function that looks the loop up in
+    `asyncio.tasks._current_tasks`: use that dict's `get` directly. Later versions implement
+    `current_task` in C (the dict may not exist any more): use it as it is.
+    """
+    tasks = getattr(asyncio.tasks, "_current_tasks", None)
+    if isinstance(asyncio.current_task, types.FunctionType) and isinstance(tasks, dict):
+        getter: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = tasks.get
+        return getter
+    return asyncio.current_task
+
+
+current_task = _current_task_getter()
 
 
 def library() -> str:

@@ -35,12 +35,7 @@ DELIVERED, DROPPED, FAILED = 0, 1, 2
 
 _RS = wire.RS
 _monotonic = time.monotonic
-_current_task = asyncio.current_task
-
-
-def text_size(text: str) -> int:
-    """UTF-8 length of `text` without encoding it when it is ASCII (the common case)."""
-    return len(text) if text.isascii() else len(text.encode())
+_current_task = _runtime.current_task
 
 
 class Connection:
@@ -212,8 +207,8 @@ class Connection:
             session = self.session
             session._last_in = now
             text = message.get("text")
-            if text is not None:
-                size = text_size(text)
+            if text is not None:  # UTF-8 size, encoding only non-ASCII text
+                size = len(text) if text.isascii() else len(text.encode())
             else:
                 data = message.get("bytes")
                 size = len(data) if data is not None else 0
@@ -348,7 +343,7 @@ class Connection:
                 raise WebSocketDisconnect(*self._closing)
             text = message.get("text")
             if text is not None:
-                size = text_size(text)
+                size = len(text) if text.isascii() else len(text.encode())
                 if text[:1] == _RS and self._proto == "control":
                     message = {"type": kind, "text": _RS + text}
             else:
