@@ -275,7 +275,7 @@ class Connection:
         """The answer to our ping: its round-trip time, if it echoes the latest ping's `ts`."""
         session = self.session
         if session._ping_ts is not None and ts == session._ping_ts:
-            session.rtt = now - session._ping_ts
+            session.rtt = now - session._ping_ts / 1e6
             self._mgr._record_rtt(session.rtt)
 
     async def _receive_buffered(self) -> Message:
@@ -663,7 +663,8 @@ class Connection:
                 self._start_reader()
             self._mgr._count("pings")
             if self._proto == "control":
-                session._ping_ts = ts = round(now, 6)
+                # The ping's `ts`: this clock in whole microseconds (an int formats faster).
+                session._ping_ts = ts = int(now * 1e6)
                 self._offer_control(wire.encode_ping(ts, session.frames_in))
             else:
                 self._offer_control(cfg.ping_text)

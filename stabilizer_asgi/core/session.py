@@ -180,7 +180,7 @@ class Session:
         self._detached_at: float | None = None
         self._generation = 0
         self._ping_at: float | None = None
-        self._ping_ts: float | None = None
+        self._ping_ts: int | None = None
         # Resume (opted-in sessions): server→client frames not yet acknowledged by the client,
         # frames read off a dropped connection that its app never took, and how many frames the
         # app took since the last `ack` sent to the client.

@@ -19,10 +19,10 @@ def encode_control(kind: str, **fields: Any) -> str:
     return RS + _dumps({"t": kind, **fields})
 
 
-def encode_ping(ts: float, n: int) -> str:
+def encode_ping(ts: int, n: int) -> str:
     """`encode_control("ping", ts=ts, n=n)` without the JSON encoder (one per session per
-    heartbeat interval): the same bytes, as `json` writes floats with `float.__repr__`."""
-    return f'{RS}{{"t":"ping","ts":{ts!r},"n":{n:d}}}'
+    heartbeat interval): the same bytes."""
+    return f'{RS}{{"t":"ping","ts":{ts:d},"n":{n:d}}}'
 
 
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?").fullmatch

@@ -120,6 +120,8 @@ def test_opted_in_client_gets_control_pings(client_factory: Callable[..., TestCl
         ws.send_text("still here")
         assert next_data(ws) == "still here"
         wait_until(lambda: on_loop(client, mw.manager.get, sid).rtt is not None)
+        rtt = on_loop(client, mw.manager.get, sid).rtt
+        assert rtt is not None and 0 <= rtt < 5, rtt  # seconds, from the echoed `ts`
         assert on_loop(client, mw.manager.stats)["heartbeat"]["rtt_p50"] is not None
 
 

@@ -13,8 +13,8 @@ _TS = st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=Fal
 _N = st.integers(min_value=0, max_value=2**53 - 1)
 
 
-@given(_TS, _N)
-def test_encode_ping_is_the_json_control_frame(ts: float, n: int) -> None:
+@given(_N, _N)
+def test_encode_ping_is_the_json_control_frame(ts: int, n: int) -> None:
     """The fast ping is byte for byte what the JSON encoder writes."""
     assert wire.encode_ping(ts, n) == wire.encode_control("ping", ts=ts, n=n)
 
