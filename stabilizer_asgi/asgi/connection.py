@@ -652,7 +652,8 @@ class Connection:
         if self._phase != OPEN or self._closing is not None:
             self._hb_done = True
             return None
-        cfg = self._mgr.config
+        mgr = self._mgr
+        cfg = mgr.config
         session = self.session
         action, ping_at, next_at = heartbeat_step(
             session._last_in, session._ping_at, now, cfg.heartbeat_interval, cfg.heartbeat_timeout
@@ -661,16 +662,17 @@ class Connection:
         if action is Action.PING:
             if self._inbox is None and self._recv_task is None and self._recv_scope is None:
                 self._start_reader()
-            self._mgr._count("pings")
+            mgr.counters["pings"] += 1
             if self._proto == "control":
                 # The ping's `ts`: this clock in whole microseconds (an int formats faster).
                 session._ping_ts = ts = int(now * 1e6)
-                self._offer_control(wire.encode_ping(ts, session.frames_in))
+                text = wire.encode_ping(ts, session.frames_in)
             else:
-                self._offer_control(cfg.ping_text)
+                text = cfg.ping_text
+            self._offer({"type": "websocket.send", "text": text}, len(text))  # open: checked above
         elif action is Action.DEAD:
             self._hb_done = True
-            self._mgr._heartbeat_timeout(self)
+            mgr._heartbeat_timeout(self)
             self._abort(1011, "heartbeat timeout")
             return None
         return next_at

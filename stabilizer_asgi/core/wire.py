@@ -22,7 +22,7 @@ def encode_control(kind: str, **fields: Any) -> str:
 def encode_ping(ts: int, n: int) -> str:
     """`encode_control("ping", ts=ts, n=n)` without the JSON encoder (one per session per
     heartbeat interval): the same bytes."""
-    return f'{RS}{{"t":"ping","ts":{ts:d},"n":{n:d}}}'
+    return f'{RS}{{"t":"ping","ts":{ts},"n":{n}}}'
 
 
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?").fullmatch
