@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from itertools import islice
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ..exceptions import ConfigError
 
@@ -44,7 +44,9 @@ class ReplayBuffer(Generic[T]):
             raise ConfigError("max_bytes", max_bytes, "an int >= 1")
         self._max_messages = max_messages
         self._max_bytes = max_bytes
-        self._frames: deque[tuple[T, int]] | None = None
+        # Frames and their sizes alternate (frame, size, frame, size, …): a tuple per held
+        # frame would be one more GC-tracked object per session per broadcast.
+        self._frames: deque[Any] | None = None
         self._sent = 0
         self._acked = 0
         self._nbytes = 0
@@ -86,23 +88,29 @@ class ReplayBuffer(Generic[T]):
         return self._overflowed
 
     def __len__(self) -> int:
-        return 0 if self._frames is None else len(self._frames)
+        return 0 if self._frames is None else len(self._frames) >> 1
 
     def append(self, frame: T, size: int) -> int:
         """Hold ``frame`` (``size`` bytes) and return its sequence number."""
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ValueError("size must be an int >= 0")
+        return self._push(frame, size)
+
+    def _push(self, frame: T, size: int) -> int:
+        """`append` for callers that pass a size they computed (the broadcast hot path)."""
         frames = self._frames
         if frames is None:
             frames = self._frames = deque()
-        frames.append((frame, size))
+        frames.append(frame)
+        frames.append(size)
         self._sent += 1
         self._nbytes += size
-        while len(frames) > self._max_messages or (
-            self._nbytes > self._max_bytes and len(frames) > 1
+        while len(frames) > 2 * self._max_messages or (
+            self._nbytes > self._max_bytes and len(frames) > 2
         ):
             # Every held frame is unacknowledged: ack() drops the acknowledged ones at once.
-            self._nbytes -= frames.popleft()[1]
+            frames.popleft()
+            self._nbytes -= frames.popleft()
             self._overflowed += 1
         return self._sent
 
@@ -120,9 +128,10 @@ class ReplayBuffer(Generic[T]):
         frames = self._frames
         if frames is None:
             return
-        drop = min(n - self.first_available + 1, len(frames))
+        drop = min(n - self.first_available + 1, len(frames) >> 1)
         for _ in range(drop):
-            self._nbytes -= frames.popleft()[1]
+            frames.popleft()
+            self._nbytes -= frames.popleft()
         if not frames:
             self._frames = None
 
@@ -140,7 +149,7 @@ class ReplayBuffer(Generic[T]):
             return None
         if self._frames is None:
             return []
-        return [frame for frame, _ in islice(self._frames, skip, None)]
+        return list(islice(self._frames, 2 * skip, None, 2))
 
     def clear(self) -> None:
         """Drop every frame held and free its memory; numbering continues from ``sent``."""

@@ -248,9 +248,9 @@ class Session:
         """Hold an outbound data frame for replay; False if memory limits forbid (a gap)."""
         replay = self._replay
         assert replay is not None
-        before = replay.nbytes
-        replay.append(frame, size)
-        delta = replay.nbytes - before
+        before = replay._nbytes
+        replay._push(frame, size)  # the size was computed by the middleware: no checks
+        delta = replay._nbytes - before
         if delta:
             try:
                 self._charge(delta)
