@@ -41,7 +41,7 @@ _APP_AND_MODE = {
     "seed": ("seed", "seed"),
 }
 PROFILES: dict[str, Json] = {
-    "full": {"clients": 2000, "reps": 9, "procs": 2, "gap": 0.1},
+    "full": {"clients": 2000, "reps": 25, "procs": 2, "gap": 0.1},
     "quick": {"clients": 500, "reps": 5, "procs": 2, "gap": 0.1},
     "tiny": {"clients": 20, "reps": 5, "procs": 1, "gap": 0.01, "variants": "raw,ours"},
 }
