@@ -89,6 +89,7 @@ async def test_a_failing_transport_counts_as_failed_and_stays_out(anyio_backend:
     n, broken, opted = 5, 1, 3
     got: list[list[str]] = [[] for _ in range(n)]
     attempts = [0] * n
+    both = [anyio.Event() for _ in range(n)]
     accepted = anyio.Event()
     managers: list[Stabilizer] = []
 
@@ -116,6 +117,8 @@ async def test_a_failing_transport_counts_as_failed_and_stays_out(anyio_backend:
             if i in (broken, opted):
                 raise OSError("connection reset")
             got[i].append(message["text"])
+            if len(got[i]) == 2:
+                both[i].set()
 
         query = b"stabilizer=1" if i == opted else b""
         scope = {
@@ -141,8 +144,8 @@ async def test_a_failing_transport_counts_as_failed_and_stays_out(anyio_backend:
         assert second == BroadcastResult(n, n - 1, 0, 1)
         healthy = [i for i in range(n) if i not in (broken, opted)]
         with anyio.fail_after(5):
-            while any(len(got[i]) < 2 for i in healthy):
-                await anyio.sleep(0.01)
+            for i in healthy:
+                await both[i].wait()
         assert [got[i] for i in healthy] == [["a", "b"]] * len(healthy)
         assert attempts[broken] == attempts[opted] == 1  # never written to after failing
         assert manager.stats()["counters"]["send_failures"] == 2
