@@ -20,6 +20,19 @@ import sniffio
 
 _system_tasks: set[asyncio.Task[Any]] = set()
 
+# What a server's `send` is stepped through by hand: the coroutine it returned (uvicorn's,
+# hypercorn's and Starlette's test client's are `async def`), or for any other awaitable
+# (e.g. one implemented in Rust or C) its `__await__()` iterator. Both have send/throw/close.
+Stepped = Coroutine[Any, Any, Any] | Generator[Any, Any, Any]
+COROUTINE = types.CoroutineType
+
+
+def stepped(awaitable: Awaitable[Any]) -> Stepped:
+    """`awaitable` in a form that can be stepped with `send(None)`."""
+    if type(awaitable) is COROUTINE:
+        return awaitable
+    return awaitable.__await__()
+
 
 def _current_task_getter() -> Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]:
     """`asyncio.current_task(loop)`, as cheap as the running Python allows (twice per frame).
@@ -82,7 +95,7 @@ class Continue:
 
     __slots__ = ("_coro", "_first")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+    def __init__(self, coro: Stepped, first: Any) -> None:
         self._coro = coro
         self._first = first
 

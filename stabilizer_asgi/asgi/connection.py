@@ -14,7 +14,7 @@ import asyncio
 import time
 import types
 from collections import deque
-from collections.abc import Coroutine, Generator, Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -36,6 +36,7 @@ DELIVERED, DROPPED, FAILED = 0, 1, 2
 _RS = wire.RS
 _monotonic = time.monotonic
 _current_task = _runtime.current_task
+_COROUTINE = _runtime.COROUTINE
 
 
 class Connection:
@@ -498,7 +499,7 @@ class Connection:
         if self._loop is None:
             self._mgr._spawn(self._write, frame)
             return DELIVERED
-        coro: Coroutine[Any, Any, None] = self._send(frame)  # type: ignore[assignment]
+        coro = _runtime.stepped(self._send(frame))
         try:
             first = coro.send(None)
         except StopIteration:
@@ -545,7 +546,7 @@ class Connection:
                 self._transport_failed(exc)
         await self._flush()
 
-    async def _write_rest(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+    async def _write_rest(self, coro: _runtime.Stepped, first: Any) -> None:
         with anyio.CancelScope() as scope:
             self._writer_scope = scope
             try:
@@ -736,8 +737,13 @@ def fan_out(
             continue
         out, held = conn._outbound(frame, escaped, size, now)
         tally.conn = conn
+        sending = conn._send(out)
+        # The server's coroutine itself in the common case: no wrapper per recipient.
+        step: Generator[Any, Any, Any] = (
+            sending if type(sending) is _COROUTINE else sending.__await__()  # type: ignore[assignment]
+        )
         try:
-            yield from conn._send(out)  # servers' sends are coroutines
+            yield from step
         except Exception as exc:
             conn._transport_failed(exc)
             if not held:  # a frame held for replay is delivered even if this connection fails
