@@ -12,6 +12,7 @@ Everything else uses anyio. What anyio does not offer:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
@@ -20,18 +21,24 @@ import sniffio
 
 _system_tasks: set[asyncio.Task[Any]] = set()
 
-# What a server's `send` is stepped through by hand: the coroutine it returned (uvicorn's,
-# hypercorn's and Starlette's test client's are `async def`), or for any other awaitable
-# (e.g. one implemented in Rust or C) its `__await__()` iterator. Both have send/throw/close.
-Stepped = Coroutine[Any, Any, Any] | Generator[Any, Any, Any]
-COROUTINE = types.CoroutineType
 
+def coroutine_send(
+    send: Callable[[Any], Awaitable[None]],
+) -> Callable[[Any], Coroutine[Any, Any, None]]:
+    """The server's `send`, as a function that returns a coroutine.
 
-def stepped(awaitable: Awaitable[Any]) -> Stepped:
-    """`awaitable` in a form that can be stepped with `send(None)`."""
-    if type(awaitable) is COROUTINE:
-        return awaitable
-    return awaitable.__await__()
+    Manager sends step the coroutine by hand (`send(None)`, `yield from`). uvicorn's, hypercorn's
+    and Starlette's test client's `send` are `async def` and are used as they are; anything else
+    (a sync function returning an awaitable, an awaitable implemented in Rust or C) is wrapped
+    once per connection, so the per-frame path needs no check.
+    """
+    if inspect.iscoroutinefunction(send):
+        return send
+
+    async def send_coroutine(message: Any) -> None:
+        await send(message)
+
+    return send_coroutine
 
 
 def _current_task_getter() -> Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]:
@@ -95,7 +102,7 @@ class Continue:
 
     __slots__ = ("_coro", "_first")
 
-    def __init__(self, coro: Stepped, first: Any) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
         self._coro = coro
         self._first = first
 

@@ -14,7 +14,7 @@ import asyncio
 import time
 import types
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Coroutine, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -36,7 +36,6 @@ DELIVERED, DROPPED, FAILED = 0, 1, 2
 _RS = wire.RS
 _monotonic = time.monotonic
 _current_task = _runtime.current_task
-_COROUTINE = _runtime.COROUTINE
 
 
 class Connection:
@@ -92,7 +91,7 @@ class Connection:
         self.session = session
         self._mgr = manager
         self._receive = receive
-        self._send = send
+        self._send = _runtime.coroutine_send(send)
         # The running asyncio loop, None on trio. `current_task()` without it calls
         # `get_running_loop()`, which on CPython <= 3.11 makes a getpid() syscall per frame.
         self._loop = asyncio.get_running_loop() if _runtime.library() == "asyncio" else None
@@ -499,7 +498,7 @@ class Connection:
         if self._loop is None:
             self._mgr._spawn(self._write, frame)
             return DELIVERED
-        coro = _runtime.stepped(self._send(frame))
+        coro = self._send(frame)
         try:
             first = coro.send(None)
         except StopIteration:
@@ -546,7 +545,7 @@ class Connection:
                 self._transport_failed(exc)
         await self._flush()
 
-    async def _write_rest(self, coro: _runtime.Stepped, first: Any) -> None:
+    async def _write_rest(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
         with anyio.CancelScope() as scope:
             self._writer_scope = scope
             try:
@@ -737,13 +736,8 @@ def fan_out(
             continue
         out, held = conn._outbound(frame, escaped, size, now)
         tally.conn = conn
-        sending = conn._send(out)
-        # The server's coroutine itself in the common case: no wrapper per recipient.
-        step: Generator[Any, Any, Any] = (
-            sending if type(sending) is _COROUTINE else sending.__await__()  # type: ignore[assignment]
-        )
         try:
-            yield from step
+            yield from conn._send(out)
         except Exception as exc:
             conn._transport_failed(exc)
             if not held:  # a frame held for replay is delivered even if this connection fails
