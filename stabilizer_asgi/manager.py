@@ -15,7 +15,7 @@ import anyio.abc
 
 from . import logging as _log
 from .asgi import _runtime
-from .asgi.connection import DELIVERED, DROPPED, FAILED, FanOut, fan_out
+from .asgi.connection import DELIVERED, FAILED, FanOut, fan_out
 from .backends import Envelope, SessionRecord, create_backend
 from .config import StabilizerConfig
 from .core import wire
@@ -215,36 +215,24 @@ class Stabilizer:
         if skip:
             targets = [session for session in targets if session.id not in skip]
         now = _monotonic()
-        total = len(targets)
-        dropped = failed = 0
+        tally = FanOut()
         if _runtime.library() != "asyncio":
             for session in targets:
-                result = self._offer_one(session, frame, escaped, size, now)
-                if result:
-                    if result == DROPPED:
-                        dropped += 1
-                    else:
-                        failed += 1
-            return total, total - dropped - failed, dropped, failed
-        remaining = iter(targets)
-        while True:
-            tally = FanOut()
-            pump = fan_out(self, remaining, frame, escaped, size, now, tally)
-            try:
-                first = pump.send(None)
-            except StopIteration:
-                dropped += tally.dropped
-                failed += tally.failed
-                return total, total - dropped - failed, dropped, failed
-            dropped += tally.dropped
-            failed += tally.failed
-            # A transport pushed back: its writer finishes this one send (a frame in flight
-            # counts as delivered), and a new stretch carries on with the other sessions.
-            tally.handed_off = True
-            conn = tally.conn
-            assert conn is not None
-            conn._busy = True
-            self._spawn(conn._write_rest, pump, first)
+                tally.count(self._offer_one(session, frame, escaped, size, now))
+        else:
+            remaining = iter(targets)
+            while True:
+                pump = fan_out(self, remaining, frame, escaped, size, now, tally)
+                try:
+                    first = pump.send(None)
+                except StopIteration:
+                    break
+                # A transport pushed back: its writer finishes this one send (a frame in flight
+                # counts as delivered), and a new stretch carries on with the other sessions.
+                conn = tally.hand_off()
+                self._spawn(conn._write_rest, pump, first)
+        total = len(targets)
+        return total, total - tally.dropped - tally.failed, tally.dropped, tally.failed
 
     def _offer_one(
         self,

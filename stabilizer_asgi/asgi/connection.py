@@ -694,21 +694,31 @@ class Connection:
 
 
 class FanOut:
-    """One stretch of a broadcast's fan-out: its counts, and the connection it is writing to."""
+    """One broadcast's counts, the connection it is writing to, and which stretch is current
+    (a new stretch begins each time a send that pushed back is handed to its writer)."""
 
-    __slots__ = ("conn", "dropped", "failed", "handed_off")
+    __slots__ = ("conn", "dropped", "failed", "stretch")
 
     def __init__(self) -> None:
         self.conn: Connection | None = None
         self.dropped = 0
         self.failed = 0
-        self.handed_off = False
+        self.stretch = 0
 
     def count(self, result: int) -> None:
         if result == DROPPED:
             self.dropped += 1
         elif result == FAILED:
             self.failed += 1
+
+    def hand_off(self) -> Connection:
+        """The current stretch is suspended in `conn`'s send: that send now belongs to the
+        connection's writer (busy until it is done), and the next stretch carries on."""
+        conn = self.conn
+        assert conn is not None
+        conn._busy = True
+        self.stretch += 1
+        return conn
 
 
 @types.coroutine
@@ -726,9 +736,12 @@ def fan_out(
     `yield from` the server's send costs no `StopIteration` per session, unlike stepping a
     coroutine per connection. If a send suspends (the transport pushes back), this generator
     yields: the caller hands it to that connection's writer, where it returns as soon as that
-    one send is done (`tally.handed_off`), and carries on with the rest of `targets` in a new one.
+    one send is done (a new stretch has begun), and carries on with the rest of `targets` in a
+    new one. Counts go to `tally`; those of a send finished by the writer come too late to be
+    part of the broadcast's result (a frame in flight counts as delivered).
     Sessions that are detached, busy or closing go through `offer` (`manager._offer_one`).
     """
+    stretch = tally.stretch
     for session in targets:
         conn = session._conn
         if conn is None or conn._busy or conn._phase != OPEN or conn._closing is not None:
@@ -742,5 +755,5 @@ def fan_out(
             conn._transport_failed(exc)
             if not held:  # a frame held for replay is delivered even if this connection fails
                 tally.failed += 1
-        if tally.handed_off:
+        if tally.stretch != stretch:
             return
