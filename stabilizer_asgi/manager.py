@@ -108,7 +108,7 @@ class Stabilizer:
         self._reg_seq = 0
         self._started = _monotonic()
         self._rtts: deque[float] = deque(maxlen=2048)
-        self.counters: dict[str, int] = {"pings": 0}  # counted inline by the heartbeat
+        self.counters: dict[str, int] = {}
         self.backend = create_backend(cfg.backend)
         self._backend_started = False
         keys, generated = normalize_secret(cfg.secret)

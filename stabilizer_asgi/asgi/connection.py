@@ -662,14 +662,13 @@ class Connection:
         if action is Action.PING:
             if self._inbox is None and self._recv_task is None and self._recv_scope is None:
                 self._start_reader()
-            mgr.counters["pings"] += 1
+            mgr._count("pings")
             if self._proto == "control":
                 # The ping's `ts`: this clock in whole microseconds (an int formats faster).
                 session._ping_ts = ts = int(now * 1e6)
-                text = wire.encode_ping(ts, session.frames_in)
+                self._offer_control(wire.encode_ping(ts, session.frames_in))
             else:
-                text = cfg.ping_text
-            self._offer({"type": "websocket.send", "text": text}, len(text))  # open: checked above
+                self._offer_control(cfg.ping_text)
         elif action is Action.DEAD:
             self._hb_done = True
             mgr._heartbeat_timeout(self)
