@@ -162,11 +162,7 @@ class Connection:
             out = self._inbound(message)
             if out is not None:
                 if out.get("type") == "websocket.receive":
-                    session = self.session
-                    if session._replay is None:  # the common case: nothing to acknowledge
-                        session.frames_in += 1
-                    else:
-                        self._took(out)
+                    self._took(out)
                 return out
             if self._inbox is not None:  # pragma: no cover - a reader cannot start mid-receive
                 return await self._receive_buffered()
