@@ -605,22 +605,18 @@ class Stabilizer:
                 conn._send_failed = True
                 conn._transport_failed(exc)
         if resumed:
-            _log.event(
-                logger,
+            self._session_event(
                 _log.RESUMED,
-                session=session.id,
-                client=session.client_id,
+                session,
                 remote=session.remote,
                 replayed=len(replay),
             )
             self._hook("on_resume", session)
             return
         self._count("connections_accepted")
-        _log.event(
-            logger,
+        self._session_event(
             _log.CONNECTED,
-            session=session.id,
-            client=session.client_id,
+            session,
             remote=session.remote,
             opted_in=session.opted_in,
         )
@@ -678,11 +674,9 @@ class Stabilizer:
             session.id, session.client_id, session.groups, session._generation, time.time()
         )
         self._spawn(self.backend.save_session, record, self.config.resume_window)
-        _log.event(
-            logger,
+        self._session_event(
             _log.DETACHED,
-            session=session.id,
-            client=session.client_id,
+            session,
             code=session.close_code,
             reason=session.close_reason,
         )
@@ -723,11 +717,9 @@ class Stabilizer:
         session._release_data()
         session._release_buffers()
         duration = time.time() - session.created_at
-        _log.event(
-            logger,
+        self._session_event(
             _log.DISCONNECTED,
-            session=session.id,
-            client=session.client_id,
+            session,
             code=session.close_code,
             reason=session.close_reason,
             duration_ms=round(duration * 1000, 1),
@@ -742,12 +734,10 @@ class Stabilizer:
     def _heartbeat_timeout(self, conn: Connection) -> None:
         self._count("heartbeat_timeouts")
         session = conn.session
-        _log.event(
-            logger,
+        self._session_event(
             _log.HEARTBEAT_TIMEOUT,
+            session,
             level=logging.INFO,
-            session=session.id,
-            client=session.client_id,
             remote=session.remote,
             rtt_ms=None if session.rtt is None else round(session.rtt * 1000, 1),
         )
@@ -755,12 +745,18 @@ class Stabilizer:
 
     def _slow_consumer(self, conn: Connection) -> None:
         session = conn.session
-        _log.event(
-            logger,
+        self._session_event(
             _log.SLOW_CONSUMER,
+            session,
             level=logging.WARNING,
-            session=session.id,
-            client=session.client_id,
+        )
+
+    def _session_event(
+        self, name: str, session: Session, level: int = logging.INFO, **fields: Any
+    ) -> None:
+        """Log lifecycle event `name` of `session`: its id and client id, then `fields`."""
+        _log.event(
+            logger, name, level=level, session=session.id, client=session.client_id, **fields
         )
 
     def _log_error(self, what: str, session: Session, exc: BaseException) -> None:
@@ -819,12 +815,10 @@ class Stabilizer:
             victim._release_buffers()
             needed -= freed
             self._count("evictions")
-            _log.event(
-                logger,
+            self._session_event(
                 _log.EVICTED,
+                victim,
                 level=logging.WARNING,
-                session=victim.id,
-                client=victim.client_id,
                 policy=policy,
             )
             conn = victim._conn
