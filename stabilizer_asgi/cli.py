@@ -396,6 +396,16 @@ class ServeSettings:
     config: dict[str, Any]  # only the fields set by a flag or the environment
     sources: dict[str, str]  # option name -> the flag or variable that set it
 
+    def app(self) -> Any:
+        """The target app, imported and wrapped (`build_app`). Raises `UsageError`."""
+        return build_app(
+            self.target,
+            factory=self.server["factory"],
+            app_dir=self.server["app_dir"],
+            config=self.config,
+            sources=self.sources,
+        )
+
 
 def resolve(ns: argparse.Namespace, environ: Mapping[str, str]) -> ServeSettings:
     """Flags, then `STABILIZER_*` variables, then defaults. Raises `UsageError`."""
@@ -521,15 +531,8 @@ class SidecarConfig(uvicorn.Config):
     def load_app(self) -> Any:
         if self.prebuilt_app is not None:
             return self.prebuilt_app
-        s = self.stabilizer_settings
         try:
-            return build_app(
-                s.target,
-                factory=s.server["factory"],
-                app_dir=s.server["app_dir"],
-                config=s.config,
-                sources=s.sources,
-            )
+            return self.stabilizer_settings.app()
         except UsageError as exc:
             logging.getLogger("uvicorn.error").error("%s", exc)
             sys.exit(STARTUP_FAILURE)
@@ -685,13 +688,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         settings = resolve(ns, environ)
         # Import and wrap here, so a bad app or option fails now with status 2 rather than in
         # every worker; a single process serves this very app.
-        app = build_app(
-            settings.target,
-            factory=settings.server["factory"],
-            app_dir=settings.server["app_dir"],
-            config=settings.config,
-            sources=settings.sources,
-        )
+        app = settings.app()
     except UsageError as exc:
         serve_parser.error(str(exc))
     return serve(settings, app)
