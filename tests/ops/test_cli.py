@@ -41,13 +41,7 @@ def parse(*args: str, environ: dict[str, str] | None = None) -> cli.ServeSetting
 
 
 def build(settings: cli.ServeSettings) -> Any:
-    return cli.build_app(
-        settings.target,
-        factory=settings.server["factory"],
-        app_dir=settings.server["app_dir"],
-        config=settings.config,
-        sources=settings.sources,
-    )
+    return settings.app()
 
 
 async def hook(session: Any) -> None:
