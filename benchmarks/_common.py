@@ -115,12 +115,7 @@ def ratio(
     """``num/den`` of the metric's medians, with an optional target such as ``("<=", 1.5)``."""
     a, b = median_of(variants.get(num), metric), median_of(variants.get(den), metric)
     value = a / b if a is not None and b not in (None, 0.0) else None
-    entry: Json = {"name": f"{num}/{den}", "metric": metric, "value": value}
-    if target is not None:
-        op, bound = target
-        entry["target"] = {"op": op, "value": bound}
-        entry["met"] = None if value is None else (value <= bound if op == "<=" else value >= bound)
-    return entry
+    return _judged({"name": f"{num}/{den}", "metric": metric, "value": value}, target)
 
 
 def difference(
@@ -135,11 +130,7 @@ def difference(
     va, vb = median_of(variants.get(a), metric), median_of(variants.get(b), metric)
     value = va - vb if va is not None and vb is not None else None
     entry: Json = {"name": f"{a}-{b}", "metric": metric, "value": value, "kind": "difference"}
-    if target is not None:
-        op, bound = target
-        entry["target"] = {"op": op, "value": bound}
-        entry["met"] = None if value is None else (value <= bound if op == "<=" else value >= bound)
-    return entry
+    return _judged(entry, target)
 
 
 def absolute(
@@ -151,15 +142,18 @@ def absolute(
 ) -> Json:
     """A variant's own median against an absolute budget (e.g. "≤ 1.5 µs")."""
     value = median_of(variants.get(name), metric)
-    op, bound = target
-    return {
-        "name": name,
-        "metric": metric,
-        "value": value,
-        "kind": "absolute",
-        "target": {"op": op, "value": bound},
-        "met": None if value is None else (value <= bound if op == "<=" else value >= bound),
-    }
+    entry: Json = {"name": name, "metric": metric, "value": value, "kind": "absolute"}
+    return _judged(entry, target)
+
+
+def _judged(entry: Json, target: tuple[str, float] | None) -> Json:
+    """`entry` with its target and whether its value meets it (None: not measured)."""
+    if target is not None:
+        op, bound = target
+        value = entry["value"]
+        entry["target"] = {"op": op, "value": bound}
+        entry["met"] = None if value is None else (value <= bound if op == "<=" else value >= bound)
+    return entry
 
 
 def case(label: str, params: Json, variants: dict[str, Json], ratios: list[Json]) -> Json:
