@@ -145,33 +145,18 @@ async def _windows(
 
 
 def _measure(variant: str, sessions: int, interval: float, reps: int) -> Json:
+    # The same sessions without heartbeat ("idle": ours with plain clients, the seed with an
+    # interval far beyond the windows), then with it ("busy").
     if variant == "ours":
-        kw: Json = {"heartbeat_interval": interval, "heartbeat_timeout": interval}
-        idle, _ = asyncio.run(_windows("ours", "plain", sessions, interval, reps, **kw))
-        busy, housekeeping = asyncio.run(_windows("ours", "optin", sessions, interval, reps, **kw))
+        on: Json = {"heartbeat_interval": interval, "heartbeat_timeout": interval}
+        idle_run, busy_run = ("plain", on), ("optin", on)
     else:
-        idle, _ = asyncio.run(
-            _windows(
-                "seed",
-                "seed",
-                sessions,
-                interval,
-                reps,
-                heartbeat_interval=3600.0,
-                heartbeat_timeout=7200.0,
-            )
-        )
-        busy, housekeeping = asyncio.run(
-            _windows(
-                "seed",
-                "seed",
-                sessions,
-                interval,
-                reps,
-                heartbeat_interval=interval,
-                heartbeat_timeout=2 * interval,
-            )
-        )
+        idle_run = ("seed", {"heartbeat_interval": 3600.0, "heartbeat_timeout": 7200.0})
+        busy_run = ("seed", {"heartbeat_interval": interval, "heartbeat_timeout": 2 * interval})
+    idle, _ = asyncio.run(_windows(variant, idle_run[0], sessions, interval, reps, **idle_run[1]))
+    busy, housekeeping = asyncio.run(
+        _windows(variant, busy_run[0], sessions, interval, reps, **busy_run[1])
+    )
     idle_rate = sorted(w["cpu"] / w["wall"] for w in idle)[len(idle) // 2]
     per_ping, util, pings_per_s, tasks_per_ping, client_share, gc_share = [], [], [], [], [], []
     for w in busy:
