@@ -30,6 +30,17 @@ from starlette.types import ASGIApp, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 APPS = ("bare", "ours", "seed", "bare_fastapi", "passthrough")
+# Each benchmark variant: the app it runs and how its clients behave (`_driver` / `_loadgen`
+# modes). "raw" is the bare app whose broadcast is a plain loop over the sockets.
+APP_AND_MODE = {
+    "bare": ("bare", "plain"),
+    "raw": ("bare", "plain"),
+    "passthrough": ("passthrough", "plain"),
+    "ours": ("ours", "plain"),
+    "ours_optin": ("ours", "optin"),
+    "seed": ("seed", "seed"),
+    "bare_fastapi": ("bare_fastapi", "plain"),
+}
 BROADCAST_PREFIX = "B:"
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import time
 
+from benchmarks._apps import APP_AND_MODE
 from benchmarks._common import (
     Json,
     benchmark,
@@ -42,14 +43,6 @@ from benchmarks._procs import LoadGenPool, ServerProcess, load_average
 
 NAME = "echo"
 VARIANTS = ("bare", "passthrough", "ours", "ours_optin", "seed", "bare_fastapi")
-_APP_AND_MODE = {
-    "bare": ("bare", "plain"),
-    "passthrough": ("passthrough", "plain"),
-    "ours": ("ours", "plain"),
-    "ours_optin": ("ours", "optin"),
-    "seed": ("seed", "seed"),
-    "bare_fastapi": ("bare_fastapi", "plain"),
-}
 PROFILES: dict[str, Json] = {
     # full: a fresh server process per variant for every repetition, so that process-level
     # luck (heap layout, hash seed) is sampled into min-max rather than frozen into a variant;
@@ -98,12 +91,12 @@ def run(
 
         def start_servers() -> None:
             for name in runnable:  # all at once; each idles while another is measured
-                servers[name] = ServerProcess(_APP_AND_MODE[name][0])
+                servers[name] = ServerProcess(APP_AND_MODE[name][0])
                 servers[name].spawn()
                 stack.callback(servers[name].stop)
 
         def connect(name: str) -> None:
-            app, mode = _APP_AND_MODE[name]
+            app, mode = APP_AND_MODE[name]
             servers[name].wait_ready()
             opened = pools[name].open(servers[name].ws_url, app, mode, clients)
             if opened["opened"] != clients:

@@ -19,7 +19,7 @@ import gc
 import time
 from typing import Any
 
-from benchmarks._apps import Hub, broadcast_text, build_app, ws_path
+from benchmarks._apps import APP_AND_MODE, Hub, broadcast_text, build_app, ws_path
 from benchmarks._common import (
     Json,
     benchmark,
@@ -45,16 +45,10 @@ PROFILES: dict[str, Json] = {
     "quick": {"sizes": [1_000, 5_000], "reps": 5},
     "tiny": {"sizes": [100], "reps": 5},
 }
-_APP_AND_MODE = {
-    "raw": ("bare", "plain"),
-    "ours": ("ours", "plain"),
-    "ours_optin": ("ours", "optin"),
-    "seed": ("seed", "seed"),
-}
 
 
 async def _measure(variant: str, sessions: int, reps: int, size: int) -> Json:
-    app_name, mode = _APP_AND_MODE[variant]
+    app_name, mode = APP_AND_MODE[variant]
     hub = Hub()
     app = build_app(app_name, hub)
     server = InMemoryServer(app, mode=mode, path_for=lambda i: ws_path(app_name, mode, i))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 
+from benchmarks._apps import APP_AND_MODE
 from benchmarks._common import (
     Json,
     benchmark,
@@ -34,12 +35,6 @@ from benchmarks._procs import LoadGenPool, ServerProcess, load_average
 
 NAME = "fanout_e2e"
 VARIANTS = ("raw", "ours", "ours_optin", "seed")
-_APP_AND_MODE = {
-    "raw": ("bare", "plain"),
-    "ours": ("ours", "plain"),
-    "ours_optin": ("ours", "optin"),
-    "seed": ("seed", "seed"),
-}
 PROFILES: dict[str, Json] = {
     "full": {"clients": 2000, "reps": 25, "procs": 2, "gap": 0.1},
     "quick": {"clients": 500, "reps": 5, "procs": 2, "gap": 0.1},
@@ -48,7 +43,7 @@ PROFILES: dict[str, Json] = {
 
 
 def _measure(variant: str, clients: int, reps: int, procs: int, size: int, gap: float) -> Json:
-    app, mode = _APP_AND_MODE[variant]
+    app, mode = APP_AND_MODE[variant]
     server_ms: list[float] = []
     to_all: list[float] = []
     to_first: list[float] = []

@@ -21,7 +21,7 @@ import gc
 import time
 import tracemalloc
 
-from benchmarks._apps import Hub, build_app, ws_path
+from benchmarks._apps import APP_AND_MODE, Hub, build_app, ws_path
 from benchmarks._common import (
     Json,
     benchmark,
@@ -44,13 +44,6 @@ from benchmarks._procs import LoadGenPool, ServerProcess, load_average
 
 NAME = "memory"
 VARIANTS = ("bare", "ours", "ours_optin", "seed", "bare_fastapi")
-_APP_AND_MODE = {
-    "bare": ("bare", "plain"),
-    "ours": ("ours", "plain"),
-    "ours_optin": ("ours", "optin"),
-    "seed": ("seed", "seed"),
-    "bare_fastapi": ("bare_fastapi", "plain"),
-}
 PROFILES: dict[str, Json] = {
     "full": {"heap_sessions": 10_000, "rss_connections": 10_000, "procs": 2, "settle": 0.2},
     "quick": {"heap_sessions": 1_000, "rss_connections": 1_000, "procs": 2, "settle": 0.05},
@@ -68,7 +61,7 @@ BUDGET = 2048.0  # DESIGN.md: at most +2 KB per idle connection over the bare se
 
 
 async def _heap(variant: str, sessions: int, settle: float = 0.05) -> list[float]:
-    app_name, mode = _APP_AND_MODE[variant]
+    app_name, mode = APP_AND_MODE[variant]
     app = build_app(app_name, Hub())
     server = InMemoryServer(app, mode=mode, path_for=lambda i: ws_path(app_name, mode, i))
     samples: list[float] = []
@@ -95,7 +88,7 @@ async def _heap(variant: str, sessions: int, settle: float = 0.05) -> list[float
 
 
 def _rss(variant: str, connections: int, procs: int, settle: float) -> tuple[list[float], Json]:
-    app, mode = _APP_AND_MODE[variant]
+    app, mode = APP_AND_MODE[variant]
     samples: list[float] = []
     step = max(1, connections // STEPS)
     with ServerProcess(app) as server, LoadGenPool(procs) as pool:
