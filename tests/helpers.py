@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 RS = "\x1e"
 # Generous upper bound for anything a test waits on; nothing asserts on how fast it happens.
@@ -34,11 +36,41 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
         time.sleep(0.005)
 
 
-async def await_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
-    """`wait_until` for async tests."""
-    with anyio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110 - the state lives in another thread
-            await anyio.sleep(0.005)
+async def await_until(
+    check: Callable[[], object], timeout: float = WAIT, what: str = "the condition"
+) -> None:
+    """`wait_until` for async tests: poll `check()` (its result may be awaitable) until it is
+    true; fail saying `what` never happened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
+        await anyio.sleep(0.005)
+
+
+def recording_sink(
+    received: dict[str, list[str]], sessions: list[tuple[str, bool]]
+) -> Callable[[WebSocket], Awaitable[None]]:
+    """A plain Starlette endpoint that records, per session, every frame its app takes, and
+    each connection's (session id, resumed)."""
+
+    async def sink(websocket: WebSocket) -> None:
+        await websocket.accept()
+        me = websocket.state.stabilizer_session
+        sessions.append((me.id, me.resumed))
+        got = received.setdefault(me.id, [])
+        try:
+            while True:
+                got.append(await websocket.receive_text())
+        except WebSocketDisconnect:
+            pass
+
+    return sink
 
 
 async def never_reading_client(port: int, path: str) -> socket.socket:

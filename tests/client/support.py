@@ -10,9 +10,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stabilizer_asgi import StabilizerMiddleware
+
+from ..helpers import recording_sink
 
 
 class TcpProxy:
@@ -107,17 +108,7 @@ window.moduleLoaded = true;
 """
 
 
-async def sink(websocket: WebSocket) -> None:
-    """Records what the app takes; plain Starlette code."""
-    await websocket.accept()
-    me = websocket.state.stabilizer_session
-    SESSIONS.append((me.id, me.resumed))
-    got = RECEIVED.setdefault(me.id, [])
-    try:
-        while True:
-            got.append(await websocket.receive_text())
-    except WebSocketDisconnect:
-        pass
+sink = recording_sink(RECEIVED, SESSIONS)
 
 
 async def push(request: Request) -> JSONResponse:
@@ -159,18 +150,3 @@ def make_server_app(**kwargs: Any) -> StabilizerMiddleware:
     )
     kwargs.setdefault("secret", "client-tests")
     return StabilizerMiddleware(app, **kwargs)
-
-
-async def eventually(check: Any, timeout: float, what: str) -> None:
-    """Poll `check()` (sync or async) until it is true, or fail saying `what` never happened."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
-        await asyncio.sleep(0.01)

@@ -17,7 +17,8 @@ import pytest
 
 from tests.conftest import require_tool
 
-from .support import RECEIVED, SESSIONS, TcpProxy, eventually, make_server_app
+from ..helpers import await_until
+from .support import RECEIVED, SESSIONS, TcpProxy, make_server_app
 
 pytestmark = pytest.mark.anyio
 
@@ -142,8 +143,8 @@ async def test_browser_every_frame_once_in_order_across_breaks(
             async def dropped() -> bool:
                 return await reconnects() > before
 
-            await eventually(dropped, 5, "the page noticed the drop")
-            await eventually(
+            await await_until(dropped, 5, "the page noticed the drop")
+            await await_until(
                 lambda: page.evaluate("window.sock.state === 'open'"), 5, "the page resumed"
             )
 
@@ -166,8 +167,8 @@ async def test_browser_every_frame_once_in_order_across_breaks(
         async def all_pushed() -> bool:
             return int(await page.evaluate("window.got.length")) >= len(pushed)
 
-        await eventually(all_pushed, 10, "every pushed frame in the page")
-        await eventually(lambda: len(RECEIVED[sid]) >= len(sent), 10, "every sent frame")
+        await await_until(all_pushed, 10, "every pushed frame in the page")
+        await await_until(lambda: len(RECEIVED[sid]) >= len(sent), 10, "every sent frame")
         assert await page.evaluate("window.got") == pushed
         assert RECEIVED[sid] == sent
         assert len(sent) > 100
@@ -192,16 +193,16 @@ async def test_browser_resync_after_the_server_lost_its_sessions(
     async with TcpProxy(first.port) as proxy:
         old = await page.evaluate(HARNESS, [proxy.url("/ws"), FAST])
         await page.evaluate("window.sock.send('before')")
-        await eventually(lambda: RECEIVED.get(old) == ["before"], 5, "first frame")
+        await await_until(lambda: RECEIVED.get(old) == ["before"], 5, "first frame")
         proxy.upstream = second.port
         proxy.held.clear()
         proxy.cut()
-        await eventually(
+        await await_until(
             lambda: page.evaluate("window.sock.state === 'reconnecting'"), 5, "reconnecting"
         )
         await page.evaluate("window.sock.send('while reconnecting')")
         proxy.held.set()
-        await eventually(lambda: page.evaluate("window.resyncs.length === 1"), 5, "resync")
+        await await_until(lambda: page.evaluate("window.resyncs.length === 1"), 5, "resync")
         new = await page.evaluate("window.sock.sessionId")
         assert new != old
         assert await page.evaluate("window.resyncs") == [
@@ -209,6 +210,6 @@ async def test_browser_resync_after_the_server_lost_its_sessions(
         ]
         assert await page.evaluate("window.states") == ["open", "reconnecting", "open"]
         await page.evaluate("window.sock.send('after')")
-        await eventually(
+        await await_until(
             lambda: RECEIVED.get(new) == ["while reconnecting", "after"], 5, "new session"
         )

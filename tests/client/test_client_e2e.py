@@ -11,7 +11,8 @@ import pytest
 
 from stabilizer_asgi.client import ClientClosedError, ClientState, ResyncEvent, connect
 
-from .support import RECEIVED, SESSIONS, TcpProxy, eventually, make_server_app
+from ..helpers import await_until
+from .support import RECEIVED, SESSIONS, TcpProxy, make_server_app
 
 pytestmark = pytest.mark.anyio
 
@@ -62,12 +63,12 @@ async def test_every_frame_once_in_order_across_cuts_freezes_and_kicks(
                         await asyncio.sleep(0.003)
 
             async def until_reconnected(before: int) -> None:
-                await eventually(
+                await await_until(
                     lambda: states.count(ClientState.RECONNECTING) > before,
                     5,
                     "the client noticed the drop",
                 )
-                await eventually(lambda: conn.state is ClientState.OPEN, 5, "the client resumed")
+                await await_until(lambda: conn.state is ClientState.OPEN, 5, "the client resumed")
 
             async def reader() -> None:
                 async for message in conn:
@@ -90,8 +91,8 @@ async def test_every_frame_once_in_order_across_cuts_freezes_and_kicks(
             await push(40)
             done.set()
             await asyncio.wait_for(sending, 20)
-            await eventually(lambda: len(received) >= len(pushed), 10, "every pushed frame")
-            await eventually(lambda: len(RECEIVED[sid]) >= len(sent), 10, "every sent frame")
+            await await_until(lambda: len(received) >= len(pushed), 10, "every pushed frame")
+            await await_until(lambda: len(RECEIVED[sid]) >= len(sent), 10, "every sent frame")
             assert received == pushed
             assert RECEIVED[sid] == sent
             assert conn.session_id == sid
@@ -117,14 +118,14 @@ async def test_new_server_means_resync_and_a_fresh_session(uvicorn_server: Any) 
         old = conn.session_id
         assert old is not None
         await conn.send("before")
-        await eventually(lambda: RECEIVED.get(old) == ["before"], 5, "first frame")
+        await await_until(lambda: RECEIVED.get(old) == ["before"], 5, "first frame")
         proxy.upstream = second.port
         proxy.held.clear()
         proxy.cut()
-        await eventually(lambda: conn.state is ClientState.RECONNECTING, 5, "reconnecting")
+        await await_until(lambda: conn.state is ClientState.RECONNECTING, 5, "reconnecting")
         await conn.send("while reconnecting")  # held, then sent on the new session
         proxy.held.set()
-        await eventually(lambda: bool(resyncs), 5, "a resync")
+        await await_until(lambda: bool(resyncs), 5, "a resync")
         (event,) = resyncs
         assert event.reason == "unknown"
         assert event.old_session_id == old
@@ -133,7 +134,7 @@ async def test_new_server_means_resync_and_a_fresh_session(uvicorn_server: Any) 
         await conn.send("after")
         new = conn.session_id
         assert new is not None
-        await eventually(
+        await await_until(
             lambda: RECEIVED.get(new) == ["while reconnecting", "after"], 5, "new session"
         )
 
@@ -152,12 +153,12 @@ async def test_drain_hint_moves_the_client_to_another_server(uvicorn_server: Any
         proxy.upstream = second.port
         report = (await http.post(first.http("/drain?period=0.2"))).json()
         assert report["closed"] == 1
-        await eventually(lambda: bool(resyncs), 5, "a resync on the second server")
+        await await_until(lambda: bool(resyncs), 5, "a resync on the second server")
         assert conn.state is ClientState.OPEN
         await conn.send("hi")
         new = conn.session_id
         assert new is not None
-        await eventually(lambda: RECEIVED.get(new) == ["hi"], 5, "a frame on the new server")
+        await await_until(lambda: RECEIVED.get(new) == ["hi"], 5, "a frame on the new server")
 
 
 async def test_server_normal_close_ends_the_client(uvicorn_server: Any) -> None:
@@ -193,7 +194,7 @@ async def test_send_waits_when_the_buffer_is_full_while_reconnecting(uvicorn_ser
         assert sid is not None
         proxy.held.clear()
         proxy.cut()
-        await eventually(lambda: conn.state is ClientState.RECONNECTING, 5, "reconnecting")
+        await await_until(lambda: conn.state is ClientState.RECONNECTING, 5, "reconnecting")
         for i in range(5):
             await asyncio.wait_for(conn.send(f"m{i}"), 5)  # held without waiting
         sixth = asyncio.create_task(conn.send("m5"))
@@ -201,7 +202,7 @@ async def test_send_waits_when_the_buffer_is_full_while_reconnecting(uvicorn_ser
         assert not done  # backpressure: no room until the server confirms
         proxy.held.set()
         await asyncio.wait_for(sixth, 5)
-        await eventually(lambda: len(RECEIVED[sid]) == 6, 5, "six frames")
+        await await_until(lambda: len(RECEIVED[sid]) == 6, 5, "six frames")
         assert RECEIVED[sid] == [f"m{i}" for i in range(6)]
 
 

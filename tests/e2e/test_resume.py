@@ -17,10 +17,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 
 from stabilizer_asgi import StabilizerMiddleware
+
+from ..helpers import await_until, recording_sink
 
 pytestmark = pytest.mark.anyio
 
@@ -34,17 +35,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def sink(websocket: WebSocket) -> None:
-    """Records every frame the app takes, per session; unchanged plain Starlette code."""
-    await websocket.accept()
-    me = websocket.state.stabilizer_session
-    SESSIONS.append((me.id, me.resumed))
-    got = RECEIVED.setdefault(me.id, [])
-    try:
-        while True:
-            got.append(await websocket.receive_text())
-    except WebSocketDisconnect:
-        pass
+sink = recording_sink(RECEIVED, SESSIONS)
 
 
 async def burst(request: Request) -> JSONResponse:
@@ -172,10 +163,7 @@ async def test_client_to_server_frames_survive_a_cut(uvicorn_server: Any) -> Non
         assert 0 <= ack <= 150
         for text in sent[ack:]:
             await again.ws.send(text)
-        for _ in range(500):
-            if len(RECEIVED[sid]) >= len(sent):
-                break
-            await asyncio.sleep(0.01)
+        await await_until(lambda: len(RECEIVED[sid]) >= len(sent))
         assert RECEIVED[sid] == sent
         await again.ws.close()
 
@@ -196,10 +184,7 @@ async def test_takeover_of_a_half_open_connection(uvicorn_server: Any) -> None:
         await again.ws.send("after")
         await http.post(server.http("/burst?start=6&count=1"))
         assert await again.read(1) == ["m6"]
-        for _ in range(200):
-            if len(RECEIVED[sid]) >= 2:
-                break
-            await asyncio.sleep(0.01)
+        await await_until(lambda: len(RECEIVED[sid]) >= 2)
         assert RECEIVED[sid] == ["before", "after"]
         with pytest.raises(Exception):  # noqa: B017 - the superseded socket is closed
             await peer.read(1)
