@@ -150,3 +150,14 @@ def make_server_app(**kwargs: Any) -> StabilizerMiddleware:
     )
     kwargs.setdefault("secret", "client-tests")
     return StabilizerMiddleware(app, **kwargs)
+
+
+async def break_line(way: int, proxy: TcpProxy, http: Any, kick_url: str) -> None:
+    """Break a client's connection the `way % 3`-th way: abort its TCP connection, black-hole
+    it (only heartbeats can tell), or have the server close it with 1012 (`kick_url`)."""
+    if way % 3 == 0:
+        assert proxy.cut() >= 1
+    elif way % 3 == 1:
+        assert proxy.freeze() >= 1
+    else:
+        assert (await http.post(kick_url)).json() is True

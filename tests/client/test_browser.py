@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import require_tool
 
 from ..helpers import await_until
-from .support import RECEIVED, SESSIONS, TcpProxy, make_server_app
+from .support import RECEIVED, SESSIONS, TcpProxy, break_line, make_server_app
 
 pytestmark = pytest.mark.anyio
 
@@ -153,12 +153,7 @@ async def test_browser_every_frame_once_in_order_across_breaks(
             await push(40)
             await asyncio.sleep(rng.uniform(0, 0.02))
             before = await reconnects()
-            if round_ % 3 == 0:
-                assert proxy.cut() >= 1
-            elif round_ % 3 == 1:
-                assert proxy.freeze() >= 1
-            else:
-                assert (await http.post(server.http(f"/kick?sid={sid}"))).json() is True
+            await break_line(round_, proxy, http, server.http(f"/kick?sid={sid}"))
             await until_reconnected(before)
         await push(40)
         await page.evaluate("window.stop = true; window.sending")

@@ -12,7 +12,7 @@ import pytest
 from stabilizer_asgi.client import ClientClosedError, ClientState, ResyncEvent, connect
 
 from ..helpers import await_until
-from .support import RECEIVED, SESSIONS, TcpProxy, make_server_app
+from .support import RECEIVED, SESSIONS, TcpProxy, break_line, make_server_app
 
 pytestmark = pytest.mark.anyio
 
@@ -81,12 +81,7 @@ async def test_every_frame_once_in_order_across_cuts_freezes_and_kicks(
                 await push(40)  # some of it still in flight when the line breaks
                 await asyncio.sleep(rng.uniform(0, 0.02))
                 before = states.count(ClientState.RECONNECTING)
-                if round_ % 3 == 0:
-                    assert proxy.cut() >= 1
-                elif round_ % 3 == 1:
-                    assert proxy.freeze() >= 1
-                else:
-                    assert (await http.post(server.http(f"/kick?sid={sid}"))).json() is True
+                await break_line(round_, proxy, http, server.http(f"/kick?sid={sid}"))
                 await until_reconnected(before)
             await push(40)
             done.set()
