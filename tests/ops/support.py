@@ -41,13 +41,16 @@ class AppCalls:
 def make_app(calls: AppCalls | None = None) -> Starlette:
     """Echo websocket, a sleepy websocket that ignores disconnects, and a catch-all HTTP route."""
 
-    async def echo(websocket: WebSocket) -> None:
-        await websocket.accept()
+    async def echo_until_disconnect(websocket: WebSocket) -> None:
         try:
             while True:
                 await websocket.send_text(await websocket.receive_text())
         except WebSocketDisconnect:
             pass
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await echo_until_disconnect(websocket)
 
     async def stubborn(websocket: WebSocket) -> None:
         # Never reads or writes after accepting: a close from the middleware cannot unwind it.
@@ -60,11 +63,7 @@ def make_app(calls: AppCalls | None = None) -> Starlette:
         session = websocket.state.stabilizer_session
         session.data["blob"] = "x" * int(websocket.query_params["bytes"])
         await websocket.send_text("stored")
-        try:
-            while True:
-                await websocket.send_text(await websocket.receive_text())
-        except WebSocketDisconnect:
-            pass
+        await echo_until_disconnect(websocket)
 
     async def broadcast(request: Request) -> JSONResponse:
         stab = request.state.stabilizer
