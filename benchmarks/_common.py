@@ -81,6 +81,20 @@ def summarize(samples: Sequence[float], unit: str, *, single: bool = False) -> J
     return out
 
 
+def decode_control(text: str) -> Json | None:
+    """The JSON object of a control frame (`RS` + JSON) a benchmark client received, or None."""
+    try:
+        frame = json.loads(text[1:])
+    except ValueError:
+        return None
+    return frame if isinstance(frame, dict) else None
+
+
+def pong_text(ts: object, received: int) -> str:
+    """The pong a client of ours sends for a ping carrying `ts`, after `received` data frames."""
+    return "\x1e" + json.dumps({"t": "pong", "ts": ts, "n": received}, separators=(",", ":"))
+
+
 def ok(metrics: dict[str, Json], **info: Any) -> Json:
     """A variant that ran: metric name -> summary."""
     return {"status": "ok", "metrics": metrics, "info": info}

@@ -15,12 +15,13 @@ Client behaviour per ``mode``:
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message
+
+from benchmarks._common import decode_control, pong_text
 
 RS = "\x1e"
 ACK_EVERY = 32
@@ -28,7 +29,6 @@ _PING_HEAD = RS + '{"t":"ping","ts":'
 _PONG_HEAD = RS + '{"t":"pong","ts":'
 _perf_counter = time.perf_counter
 SEED_PING_PREFIX = '{"type":"ping"'
-_JSON_SEPARATORS = (",", ":")
 
 
 class Transport:
@@ -151,19 +151,14 @@ class MemoryConnection:
             pong = f'{_PONG_HEAD}{ts},"n":{self.received}}}'
             self.push({"type": "websocket.receive", "text": pong})
             return
-        try:
-            frame = json.loads(text[1:])
-        except ValueError:
+        frame = decode_control(text)
+        if frame is None:
             return
         kind = frame.get("t")
         if kind == "ping":
             self.transport.pings += 1
-            pong_frame = {"t": "pong", "ts": frame.get("ts"), "n": self.received}
             self.push(
-                {
-                    "type": "websocket.receive",
-                    "text": RS + json.dumps(pong_frame, separators=_JSON_SEPARATORS),
-                }
+                {"type": "websocket.receive", "text": pong_text(frame.get("ts"), self.received)}
             )
         elif kind == "hello":
             self.transport.hellos += 1

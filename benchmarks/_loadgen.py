@@ -26,12 +26,11 @@ import time
 from typing import Any
 
 from benchmarks._apps import BROADCAST_PREFIX, ws_path
-from benchmarks._common import raise_nofile_limit, settle_allocator
+from benchmarks._common import decode_control, pong_text, raise_nofile_limit, settle_allocator
 
 RS = "\x1e"
 SEED_PING_PREFIX = '{"type":"ping"'
 ECHO_PREFIX = "E"
-_SEPARATORS = (",", ":")
 _MAX_LATENCY_SAMPLES = 200_000
 ACK_EVERY = 32  # stabilizer_asgi.client acknowledges at the latest every 32 data frames
 
@@ -129,15 +128,13 @@ class LoadGen:
                     self.echo_idle.set()
 
     async def control(self, c: Client, text: str) -> None:
-        try:
-            frame = json.loads(text[1:])
-        except ValueError:
+        frame = decode_control(text)
+        if frame is None:
             return
         kind = frame.get("t")
         if kind == "ping":
             self.pings += 1
-            pong = {"t": "pong", "ts": frame.get("ts"), "n": c.received}
-            await c.ws.send(RS + json.dumps(pong, separators=_SEPARATORS))
+            await c.ws.send(pong_text(frame.get("ts"), c.received))
         elif kind == "hello":
             self.hellos += 1
             c.session = frame.get("session")
