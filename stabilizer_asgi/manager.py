@@ -74,17 +74,13 @@ class ShutdownReport(NamedTuple):
 def encode_message(message: object) -> tuple[dict[str, Any], int]:
     """An ASGI `websocket.send` event for `message` and its size in bytes."""
     if isinstance(message, str):
-        return {"type": "websocket.send", "text": message}, (
-            len(message) if message.isascii() else len(message.encode())
-        )
+        return {"type": "websocket.send", "text": message}, wire.text_size(message)
     if isinstance(message, bytes | bytearray | memoryview):
         data = bytes(message)
         return {"type": "websocket.send", "bytes": data}, len(data)
     if isinstance(message, dict | list):
         text = _dumps(message)
-        return {"type": "websocket.send", "text": text}, (
-            len(text) if text.isascii() else len(text.encode())
-        )
+        return {"type": "websocket.send", "text": text}, wire.text_size(text)
     raise TypeError(f"cannot send {type(message).__name__}: use str, bytes, dict or list")
 
 

@@ -36,6 +36,7 @@ DELIVERED, DROPPED, FAILED = 0, 1, 2
 _RS = wire.RS
 _monotonic = time.monotonic
 _current_task = _runtime.current_task
+_text_size = wire.text_size
 
 
 class Connection:
@@ -203,8 +204,8 @@ class Connection:
             session = self.session
             session._last_in = now
             text = message.get("text")
-            if text is not None:  # UTF-8 size, encoding only non-ASCII text
-                size = len(text) if text.isascii() else len(text.encode())
+            if text is not None:
+                size = _text_size(text)
             else:
                 data = message.get("bytes")
                 size = len(data) if data is not None else 0
@@ -339,7 +340,7 @@ class Connection:
                 raise WebSocketDisconnect(*self._closing)
             text = message.get("text")
             if text is not None:
-                size = len(text) if text.isascii() else len(text.encode())
+                size = _text_size(text)
                 if text[:1] == _RS and self._proto == "control":
                     message = {"type": kind, "text": _RS + text}
             else:

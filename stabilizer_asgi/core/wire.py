@@ -14,6 +14,11 @@ _MAX_CONTROL = 4096
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+def text_size(text: str) -> int:
+    """UTF-8 length of `text`, encoding it only when it is not ASCII (the common case)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def encode_control(kind: str, **fields: Any) -> str:
     """A control frame: RS + compact JSON with `"t"` first."""
     return RS + _dumps({"t": kind, **fields})
