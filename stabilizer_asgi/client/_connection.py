@@ -377,16 +377,24 @@ class StabilizerConnection:
         self._ws, self._failure = ws, None
         self._proto.connection_made(loop.time())
         timer = asyncio.create_task(self._timer(ws))
-        hello_by = loop.time() + self._options.open_timeout
+        # No hello within open_timeout: cut the line, and `recv` raises ConnectionClosed. A loop
+        # callback rather than `asyncio.wait_for`, which before Python 3.12 may swallow a
+        # cancellation (close()) that arrives as the frame does (see `_timer`).
+        no_hello: list[bool] = []
+
+        def hello_timeout() -> None:
+            no_hello.append(True)
+            ws.transport.abort()
+
+        hello_timer = loop.call_at(loop.time() + self._options.open_timeout, hello_timeout)
         opened = False
         try:
             while True:
-                if opened:
-                    frame = await ws.recv()
-                else:
-                    frame = await asyncio.wait_for(ws.recv(), max(0.0, hello_by - loop.time()))
+                frame = await ws.recv()
                 await self._feed(ws, frame)
-                opened = opened or self._proto.is_open
+                if not opened and self._proto.is_open:
+                    opened = True
+                    hello_timer.cancel()
                 failure = self._failure
                 if failure is not None:
                     if failure.code == 1011:
@@ -394,10 +402,9 @@ class StabilizerConnection:
                     else:
                         await ws.close(failure.code, failure.reason)
                     return failure.code, failure.reason, opened
-        except asyncio.TimeoutError:
-            ws.transport.abort()
-            return 1006, "no hello within open_timeout", False
         except ConnectionClosed as exc:
+            if no_hello and not opened:
+                return 1006, "no hello within open_timeout", False
             failure = self._failure
             if failure is not None:  # the timer declared the server dead and cut the line
                 return failure.code, failure.reason, opened
@@ -405,6 +412,7 @@ class StabilizerConnection:
             return code, reason, opened
         finally:
             self._ws = None
+            hello_timer.cancel()
             timer.cancel()
             await asyncio.wait([timer])
 
@@ -445,16 +453,25 @@ class StabilizerConnection:
         self._notify()
 
     async def _timer(self, ws: ClientConnection) -> None:
+        """Tick the protocol at its next deadline, or earlier when `_wake` is set.
+
+        The deadline sets the same event through a loop callback. `asyncio.wait_for` is not used:
+        before Python 3.12 it returns the result, swallowing the cancellation, when it is
+        cancelled while the awaited event has just fired. `_feed` wakes this task for every
+        received frame, and `close()` typically comes right after a `recv()`, so the timer kept
+        running, `_serve` waited for it, and `close()` hung until the dead-peer deadline.
+        """
         loop = asyncio.get_running_loop()
         while True:
             deadline = self._proto.next_deadline()
             self._timer_deadline = math.inf if deadline is None else deadline
             self._wake = wake = asyncio.Event()
+            alarm = None if deadline is None else loop.call_at(deadline, wake.set)
             try:
-                timeout = None if deadline is None else max(0.0, deadline - loop.time())
-                await asyncio.wait_for(wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+                await wake.wait()
+            finally:
+                if alarm is not None:
+                    alarm.cancel()
             now = loop.time()
             async with self._send_lock:
                 self._proto.tick(now)
