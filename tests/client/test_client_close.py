@@ -54,7 +54,7 @@ async def test_leaving_the_block_right_after_recv_closes_at_once_and_ends_the_se
                 await conn.send(f"m{round_}")
                 assert await conn.recv() == f"m{round_}"
         assert conn.state is ClientState.CLOSED
-        await await_until(lambda: len(codes) > round_, WAIT, "the app saw the disconnect")
+        await await_until(lambda n=round_: len(codes) > n, WAIT, "the app saw the disconnect")
         assert codes[round_] == 1000
         session = app.manager.get(sid)
         assert session is None or session.state is SessionState.CLOSED
@@ -77,9 +77,7 @@ async def test_a_server_that_never_says_hello_is_given_up_after_open_timeout(
 
     server = uvicorn_server(mute, lifespan="off")
     with anyio.fail_after(WAIT), pytest.raises(ClientClosedError) as info:
-        async with connect(
-            server.url("/ws"), open_timeout=0.2, max_attempts=2, backoff_base=0.01
-        ):
+        async with connect(server.url("/ws"), open_timeout=0.2, max_attempts=2, backoff_base=0.01):
             pass
     assert info.value.code == 1006
     assert info.value.reason == "no hello within open_timeout (gave up after 2 attempts)"
