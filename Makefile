@@ -7,7 +7,7 @@ BSTAMP := $(VENV)/.installed-bench
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: demo test lint tools format bench bench-quick clean
+.PHONY: demo test check-install lint tools format bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,16 @@ $(BSTAMP): $(STAMP)
 demo: $(STAMP)
 	$(BIN)/stabilizer-asgi serve examples.chat:app --host $(HOST) --port $(PORT)
 
-## make test: lint, type-check and run the whole test suite
+## make test: lint, type-check, run the whole test suite, then the clean-install check
 test: lint tools
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory check-install
+
+## make check-install: build the wheel, install it (bare, and with [server,client]) into fresh
+## venvs on the oldest and newest Python the package claims, import it, serve a bare app with
+## `stabilizer-asgi serve` and round-trip a message with the Python client (~1 min)
+check-install: $(STAMP)
+	$(BIN)/python tests/install/check_install.py
 
 ## make tools: the external tools the tests drive (Debian's chromium for the browser client)
 tools:
