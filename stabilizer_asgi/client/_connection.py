@@ -207,6 +207,12 @@ class StabilizerConnection:
         """Round-trip time in seconds of the last answered client ping, if any."""
         return self._proto.rtt
 
+    @property
+    def invalid_control_frames(self) -> int:
+        """Control frames from the server that were not valid protocol (malformed, unknown
+        type, wrong field types, oversize): counted and ignored, never fatal."""
+        return self._proto.invalid_control_frames
+
     async def send(self, message: Outgoing) -> None:
         """Send ``message``: ``str`` as text, bytes-like as binary, ``dict``/``list`` as JSON text.
 

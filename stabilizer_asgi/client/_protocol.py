@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeGuard
 from urllib.parse import quote, unquote_plus
 
-from ..core.wire import RS, as_count, decode_control, encode_control, escape
+from ..core.wire import FROM_SERVER, RS, as_count, decode_control, encode_control, escape
 
 Frame: TypeAlias = str | bytes
 """One WebSocket data message as it travels: ``str`` is a text frame, ``bytes`` a binary one."""
@@ -54,12 +54,14 @@ def encode_data(message: object) -> Frame:
 
 def decode_frame(frame: Frame) -> Frame | dict[str, Any] | None:
     """Classify an inbound frame: app data (``str``/``bytes``, unescaped), a control object
-    (``dict``), or ``None`` for a malformed control frame."""
+    (``dict``), or ``None`` for a control frame that is not valid protocol (bad JSON, nesting,
+    unknown type, wrong field types, non-finite or huge numbers, oversize: see
+    ``core.wire.decode_control``). Never raises."""
     if isinstance(frame, bytes) or frame[:1] != RS:
         return frame
     if frame[1:2] == RS:
         return frame[1:]
-    return decode_control(frame)
+    return decode_control(frame, FROM_SERVER)
 
 
 def _is_number(value: object) -> TypeGuard[float]:
@@ -217,6 +219,8 @@ class ClientProtocol:
         """Round trip of the last ping this client sent, in seconds."""
         self.server_interval: float | None = None
         """The server's heartbeat interval from ``hello``: it pings after that much silence."""
+        self.invalid_control_frames = 0
+        """Control frames from the server that were not valid protocol: counted and ignored."""
 
         self._unacked: deque[Frame] = deque()
         self._pending: deque[Frame] = deque()
@@ -349,7 +353,8 @@ class ClientProtocol:
         self._ping_sent_at = None  # any inbound frame proves the server alive
         item = decode_frame(frame)
         if item is None:
-            return  # malformed control frame: never app data, nothing to act on
+            self.invalid_control_frames += 1  # never app data, never fatal
+            return
         if isinstance(item, dict):
             self._handle_control(item, now)
             return
@@ -371,7 +376,7 @@ class ClientProtocol:
             return
         elif kind == "ping":
             self._trim(msg.get("n"))
-            self._control("pong", ts=msg.get("ts"), n=self.received)
+            self._control("pong", ts=msg["ts"], n=self.received)  # validated: a finite number
         elif kind == "pong":
             self._trim(msg.get("n"))
             self._solicited_at = None
@@ -386,7 +391,6 @@ class ClientProtocol:
             self._hint_at = now + delay
             reason = msg.get("reason")
             self._hint_reason = reason if isinstance(reason, str) else "reconnect"
-        # unknown types are ignored: newer servers may add some
 
     def _hello(self, msg: dict[str, Any], now: float) -> None:
         session, token, ack = msg.get("session"), msg.get("token"), as_count(msg.get("ack"))

@@ -106,18 +106,76 @@ function unescapeFrame(frame) {
   return isText(frame) && frame.startsWith(RS + RS) ? frame.slice(1) : frame;
 }
 
-/** An inbound control frame as an object, or null (malformed: ignored, never app data). */
+// Control frames are flat JSON objects: more brackets than this (even in strings) is invalid.
+const MAX_CONTROL_BRACKETS = 32;
+const isFinite_ = (v) => typeof v === "number" && Number.isFinite(v);
+const isText_ = (v) => typeof v === "string";
+const isOptionalText = (v) => v === null || typeof v === "string";
+const isBool = (v) => typeof v === "boolean";
+const isAnything = () => true;
+// Per control type: field -> [check, required]. Other fields are allowed (newer servers may add
+// some) but must be scalars. `hello`'s v, session and token are judged by `_hello` (1002).
+const SCHEMA = {
+  ping: { ts: [isFinite_, true], n: [isCount, false] },
+  pong: { ts: [isFinite_, true], n: [isCount, false] },
+  ack: { n: [isCount, true] },
+  reconnect: { after_ms: [isFinite_, false], reason: [isText_, false] },
+  hello: {
+    v: [isAnything, false],
+    session: [isAnything, false],
+    token: [isAnything, false],
+    interval: [isFinite_, false],
+    timeout: [isFinite_, false],
+    resumed: [isBool, false],
+    reason: [isOptionalText, false],
+    ack: [isCount, false],
+  },
+};
+
+const hasOwn = (obj, name) => Object.prototype.hasOwnProperty.call(obj, name);
+
+function wellFormed(text) {
+  try {
+    encodeURIComponent(text); // throws on a lone surrogate (from a \ud800 escape)
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * An inbound control frame as an object, or null if it is not valid protocol: over MAX_CONTROL
+ * characters or MAX_CONTROL_BRACKETS brackets, not JSON, not an object, an unknown "t", a
+ * nested or non-finite value, a field of the wrong type. Never throws; the caller counts it.
+ */
 function decodeControl(text) {
   if (text.length > MAX_CONTROL) return null;
-  try {
-    const obj = JSON.parse(text.slice(1));
-    if (obj && typeof obj === "object" && !Array.isArray(obj) && typeof obj.t === "string") {
-      return obj;
-    }
-  } catch {
-    // fall through
+  const body = text.slice(1);
+  let brackets = 0;
+  for (let i = 0; i < body.length; i++) {
+    const c = body.charCodeAt(i);
+    if ((c === 0x7b || c === 0x5b) && ++brackets > MAX_CONTROL_BRACKETS) return null;
   }
-  return null;
+  let obj;
+  try {
+    obj = JSON.parse(body);
+  } catch {
+    return null;
+  }
+  if (obj === null || typeof obj !== "object" || Array.isArray(obj)) return null;
+  const schema = typeof obj.t === "string" && hasOwn(SCHEMA, obj.t) ? SCHEMA[obj.t] : null;
+  if (schema === null) return null;
+  for (const [name, value] of Object.entries(obj)) {
+    if (value !== null && typeof value === "object") return null;
+    if (typeof value === "number" && !Number.isFinite(value)) return null; // 1e999
+    if (typeof value === "string" && !wellFormed(value)) return null;
+    const rule = hasOwn(schema, name) ? schema[name] : null;
+    if (rule !== null && !rule[0](value)) return null;
+  }
+  for (const [name, [, required]] of Object.entries(schema)) {
+    if (required && !hasOwn(obj, name)) return null;
+  }
+  return obj;
 }
 
 function controlFrame(t, fields) {
@@ -170,6 +228,7 @@ export class StabilizerSocket extends EventTarget {
     this.url = resolveUrl(url);
     this.binaryType = opts.binaryType;
     this._rtt = null;
+    this._invalidControlFrames = 0;
 
     this._state = "connecting";
     this._sessionId = null;
@@ -228,6 +287,11 @@ export class StabilizerSocket extends EventTarget {
   /** Round trip of the last answered client ping, in ms; null if none yet. */
   get rtt() {
     return this._rtt;
+  }
+
+  /** Control frames from the server that were not valid protocol: counted and ignored. */
+  get invalidControlFrames() {
+    return this._invalidControlFrames;
   }
 
   /** WebSocket-style number: 0 while (re)connecting, 1 open, 3 closed. */
@@ -485,6 +549,7 @@ export class StabilizerSocket extends EventTarget {
       } else {
         const msg = decodeControl(frame);
         if (msg) this._handleControl(msg, at);
+        else this._invalidControlFrames += 1; // ignored: never app data, never fatal
         this._schedule();
         return;
       }
@@ -524,7 +589,6 @@ export class StabilizerSocket extends EventTarget {
         reason: typeof msg.reason === "string" ? msg.reason : "reconnect",
       };
     }
-    // unknown types are ignored: newer servers may add some
   }
 
   _hello(msg, at) {

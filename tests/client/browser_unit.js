@@ -371,6 +371,32 @@ async () => {
       eq(got, ["one"], "handler");
     },
 
+    "control frames that are not valid protocol are counted and ignored, never fatal"() {
+      const { sock, log } = opened();
+      const hostile = [
+        RS + "[".repeat(2000) + "]".repeat(2000), // deep nesting
+        RS + '{"t":"ping","ts":1e999,"n":0}', // Infinity after parsing
+        RS + '{"t":"ping","ts":"12","n":0}', // wrong type
+        RS + '{"t":"ping","n":0}', // ts missing
+        RS + '{"t":"ack","n":-1}',
+        RS + '{"t":"ack","n":{"x":1}}', // nested
+        RS + '{"t":"reconnect","reason":"\\ud800"}', // a lone surrogate
+        RS + '{"t":"no-such-type"}',
+        RS + '{"no t":1}',
+        RS + "[1,2]",
+        RS + '{"t":"ping","ts":1,"pad":"' + "x".repeat(5000) + '"}', // oversize
+        RS + "{not json",
+      ];
+      for (const frame of hostile) last().deliver(frame);
+      eq(sock.invalidControlFrames, hostile.length, "counted");
+      eq(last().sent, [], "nothing answered");
+      eq([sock.state, last().closedWith], ["open", null], "still open");
+      last().deliver(control("ping", { ts: 12.5, n: 0 }));
+      eq(last().controls(), [{ t: "pong", ts: 12.5, n: 0 }], "a valid ping is answered");
+      last().deliver("after");
+      eq(log, [["message", "after"]], "data still flows");
+    },
+
     "a data frame before hello is a protocol error"() {
       const { sock, log } = make();
       last().open();

@@ -194,6 +194,33 @@ def test_malformed_and_unknown_control_frames_are_ignored() -> None:
     assert proto.events_received() == []
     assert proto.data_to_send() == []
     assert proto.is_open
+    assert proto.invalid_control_frames == 2
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        RS + "[" * 2000 + "]" * 2000,
+        RS + '{"t":"ping","ts":NaN,"n":0}',
+        RS + '{"t":"ping","ts":1e999,"n":0}',
+        RS + '{"t":"ping","ts":"1","n":0}',
+        RS + '{"t":"ping","n":0}',
+        RS + '{"t":"pong","ts":1,"n":' + "9" * 4000 + "}",
+        RS + '{"t":"ack","n":[1]}',
+        RS + '{"t":"reconnect","after_ms":Infinity}',
+        RS + '{"t":"reconnect","after_ms":0,"reason":"\\ud800"}',
+        RS + '{"t":"hello","v":1,"session":"s","token":"\\ud800"}',
+    ],
+)
+def test_hostile_control_frames_are_counted_and_ignored(frame: str) -> None:
+    """Deep nesting, non-finite or huge numbers, wrong types, lone surrogates: counted, no
+    event, no answer, no failure (never a NaN pong, never a token that cannot be sent)."""
+    proto = opened()
+    proto.receive(frame, 1.0)
+    assert proto.invalid_control_frames == 1
+    assert proto.events_received() == []
+    assert proto.data_to_send() == []
+    assert proto.is_open
 
 
 # -- heartbeat and acks ------------------------------------------------------------------------
