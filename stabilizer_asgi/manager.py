@@ -370,6 +370,7 @@ class Stabilizer:
             "frames": {"in": frames_in, "out": frames_out},
             "bytes": {"in": bytes_in, "out": bytes_out},
             "heartbeat": {
+                "scheduled": len(self._wheel),
                 "pings": counters.pop("pings", 0),
                 "timeouts": counters.pop("heartbeat_timeouts", 0),
                 "rtt_p50": pct(0.5),
@@ -436,21 +437,29 @@ class Stabilizer:
 
     async def _housekeeper(self) -> None:
         wheel = self._wheel
+        now = _monotonic()
         while True:
-            await anyio.sleep(self._tick)
-            now = _monotonic()
+            # Wake on the wheel's tick boundaries (not every `tick` from wherever we started):
+            # a connection is then visited at most one tick after it is due, so a dead peer is
+            # found at most 2 ticks late (the ping, then the verdict).
+            wake = wheel.next_tick(now)
+            await anyio.sleep(max(0.0, wake - _monotonic()))
+            # Decide on the wheel's clock, the boundary, not on when this task got to run: a
+            # verdict due on a boundary (`timeout` a whole number of ticks after a ping sent
+            # on one) is then taken there, not a tick later because of the loop's latency.
+            # A late loop catches up one tick per turn.
+            now = wake
             if self._detached:
                 self._sweep(now)
             for conn in wheel.pop_due(now):
-                if conn._hb_done:
-                    continue
+                conn._hb_key = None
                 try:
                     next_at = conn.heartbeat(now)
                 except Exception as exc:  # pragma: no cover - defensive
                     self._log_error("heartbeat check failed", conn.session, exc)
                     continue
                 if next_at is not None:
-                    wheel.schedule(conn, next_at)
+                    conn._hb_key = wheel.schedule(conn, next_at)
 
     # ------------------------------------------------------------------ connection lifecycle
 
@@ -578,7 +587,7 @@ class Stabilizer:
         session._conn = conn
         session.state = SessionState.CONNECTED
         if conn._hb:
-            self._wheel.schedule(conn, session._last_in + cfg.heartbeat_interval)
+            conn._hb_key = self._wheel.schedule(conn, session._last_in + cfg.heartbeat_interval)
         if conn._proto == "control":
             carried = len(session._carry) if session._carry else 0
             hello = wire.encode_control(

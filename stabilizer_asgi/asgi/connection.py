@@ -68,7 +68,7 @@ class Connection:
         "_inbox_space",
         "_reader_scope",
         "_writer_scope",
-        "_hb_done",
+        "_hb_key",
         "_server_disconnect",
         "_resume_ack",
         "_resume_reason",
@@ -118,7 +118,10 @@ class Connection:
         self._inbox_space: anyio.Event | None = None
         self._reader_scope: anyio.CancelScope | None = None
         self._writer_scope: anyio.CancelScope | None = None
-        self._hb_done = False
+        # The heartbeat wheel slot this connection is in (None: not in the wheel). Only the
+        # manager schedules it; `finish` takes it out, so a closed connection is not kept
+        # alive by the wheel until its slot comes due.
+        self._hb_key: int | None = None
         self._server_disconnect: Message | None = None
         # Set when this connection resumes a detached session: the client's `stabilizer_ack`.
         self._resume_ack: int | None = None
@@ -639,7 +642,6 @@ class Connection:
     def heartbeat(self, now: float) -> float | None:
         """One housekeeping visit: ping, declare dead, or wait. Returns the next visit time."""
         if self._phase != OPEN or self._closing is not None:
-            self._hb_done = True
             return None
         mgr = self._mgr
         cfg = mgr.config
@@ -653,13 +655,13 @@ class Connection:
                 self._start_reader()
             mgr._count("pings")
             if self._proto == "control":
-                # The ping's `ts`: this clock in whole microseconds (an int formats faster).
-                session._ping_ts = ts = int(now * 1e6)
+                # The ping's `ts`: this clock in whole microseconds (an int formats faster),
+                # read now (`now` is the housekeeper's tick) so the RTT is the network's.
+                session._ping_ts = ts = int(_monotonic() * 1e6)
                 self._offer_control(wire.encode_ping(ts, session.frames_in))
             else:
                 self._offer_control(cfg.ping_text)
         elif action is Action.DEAD:
-            self._hb_done = True
             mgr._heartbeat_timeout(self)
             self._abort(1011, "heartbeat timeout")
             return None
@@ -667,7 +669,10 @@ class Connection:
 
     def finish(self) -> None:
         """The app returned: stop every background part of this connection."""
-        self._hb_done = True
+        key = self._hb_key
+        if key is not None:
+            self._hb_key = None
+            self._mgr._wheel.cancel(self, key)
         if self._phase == OPEN:
             self._phase = CLOSED
         for scope in (self._reader_scope,):

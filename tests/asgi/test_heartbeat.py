@@ -5,7 +5,9 @@ Nothing here asserts on how long anything took; tests wait for frames, not for t
 
 from __future__ import annotations
 
+import gc
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +20,17 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from stabilizer_asgi import StabilizerMiddleware
 from tests.conftest import MS
 
-from .support import RS, Recorder, control, hello, make_chat_app, on_loop, session_id, wait_until
+from .support import (
+    RS,
+    Recorder,
+    control,
+    hello,
+    make_chat_app,
+    on_loop,
+    registered,
+    session_id,
+    wait_until,
+)
 
 # After a ping the next check is due `heartbeat_timeout` later, so a client that answers is
 # pinged about every max(interval, timeout): keep the timeout short but far above a reply's
@@ -258,3 +270,26 @@ def test_app_receive_cancelled_by_its_own_timeout_still_gets_heartbeat(
                 pings += 1
                 ws.send_text(RS + f'{{"t":"pong","ts":{ping["ts"]},"n":0}}')
     assert rec.events == []
+
+
+def test_closed_connections_leave_the_heartbeat_wheel_at_once(
+    client_factory: Callable[..., TestClient],
+) -> None:
+    """With a long interval, connections that opened and closed are neither scheduled nor kept
+    alive by the heartbeat wheel: it releases them at close, not when their slot comes due."""
+    rec = Recorder()
+    mw = StabilizerMiddleware(make_chat_app(rec), heartbeat_interval=25.0)
+    conns: list[weakref.ref[Any]] = []
+    with client_factory(mw) as client:
+        for _ in range(20):
+            rec.done.clear()
+            with client.websocket_connect("/ws?stabilizer=1") as ws:
+                sid = session_id(ws)
+                conn = on_loop(client, lambda: mw.manager.get(sid)._conn)  # noqa: B023
+                conns.append(weakref.ref(conn))
+                del conn
+            rec.wait_done()
+        wait_until(lambda: registered(client, mw.manager) == 0)
+        gc.collect()
+        assert [ref for ref in conns if ref() is not None] == []
+        assert on_loop(client, mw.manager.stats)["heartbeat"]["scheduled"] == 0
