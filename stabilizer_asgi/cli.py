@@ -50,6 +50,7 @@ from . import __version__
 from . import logging as _log
 from .asgi.middleware import StabilizerMiddleware
 from .config import StabilizerConfig
+from .core import wire
 from .exceptions import ConfigError
 from .manager import ShutdownReport, Stabilizer
 
@@ -475,6 +476,46 @@ def is_stabilized(app: object) -> bool:
     return False
 
 
+def max_message_size_of(app: object) -> int | None:
+    """The `max_message_size` of the `StabilizerMiddleware` in `app`: built (an instance, or a
+    built middleware stack), or still only declared with `add_middleware`; the default if its
+    options cannot be read."""
+    manager = find_manager(app)
+    if manager is not None:
+        return manager.config.max_message_size
+    seen: set[int] = set()
+    obj: object = app
+    while obj is not None and id(obj) not in seen and len(seen) < 64:
+        seen.add(id(obj))
+        for middleware in getattr(obj, "user_middleware", None) or ():
+            cls = getattr(middleware, "cls", None)
+            if isinstance(cls, type) and issubclass(cls, StabilizerMiddleware):
+                args, kwargs = getattr(middleware, "args", ()), getattr(middleware, "kwargs", {})
+                try:
+                    base = args[0] if args else kwargs.get("config")
+                    rest = {k: v for k, v in kwargs.items() if k != "config"}
+                    return StabilizerConfig.from_kwargs(base, **rest).max_message_size
+                except (ConfigError, TypeError):
+                    break  # its own error surfaces when the app starts
+        obj = getattr(obj, "app", None)
+    return StabilizerConfig().max_message_size
+
+
+def ws_max_size_for(max_message_size: int | None) -> int | None:
+    """uvicorn's `ws_max_size` for our `max_message_size` (None: keep uvicorn's 16 MiB).
+
+    uvicorn reads a whole message into memory, up to `ws_max_size`, before the middleware
+    sees it, so without this `max_message_size` bounds nothing. One byte more than our limit:
+    app text of exactly the limit that starts with RS is escaped with one more RS (1 byte) on
+    the wire, and a frame one byte over our limit still reaches the middleware, which closes
+    with its own 1009 (logged and counted); larger frames get uvicorn's 1009 before they are
+    read. Never below `wire.CONTROL_MAX_CHARS`, so a tiny limit does not cut control frames.
+    """
+    if max_message_size is None:
+        return None
+    return max(max_message_size + 1, wire.CONTROL_MAX_CHARS)
+
+
 def _import(target: str, what: str) -> Any:
     try:
         return import_from_string(target)
@@ -529,13 +570,17 @@ class SidecarConfig(uvicorn.Config):
         super().__init__(settings.target, **kwargs)
 
     def load_app(self) -> Any:
-        if self.prebuilt_app is not None:
-            return self.prebuilt_app
-        try:
-            return self.stabilizer_settings.app()
-        except UsageError as exc:
-            logging.getLogger("uvicorn.error").error("%s", exc)
-            sys.exit(STARTUP_FAILURE)
+        app = self.prebuilt_app
+        if app is None:
+            try:
+                app = self.stabilizer_settings.app()
+            except UsageError as exc:
+                logging.getLogger("uvicorn.error").error("%s", exc)
+                sys.exit(STARTUP_FAILURE)
+        manager = find_manager(app)
+        if manager is not None:  # stats show uvicorn's limit from the start
+            manager._server_limit(self.ws_max_size)
+        return app
 
 
 class DrainingServer(uvicorn.Server):
@@ -648,6 +693,9 @@ def log_config(level: str, fmt: str) -> dict[str, Any]:
 def serve(settings: ServeSettings, app: Any = None) -> int:
     """Run the app under uvicorn until a signal; the exit status."""
     s = settings.server
+    built = app if app is not None else settings.app()
+    ws_max_size = ws_max_size_for(max_message_size_of(built))
+    limits = {} if ws_max_size is None else {"ws_max_size": ws_max_size}
     config = SidecarConfig(
         settings,
         app=app if s["workers"] == 1 else None,
@@ -662,6 +710,7 @@ def serve(settings: ServeSettings, app: Any = None) -> int:
         forwarded_allow_ips=s["forwarded_allow_ips"],
         root_path=s["root_path"],
         lifespan="auto",
+        **limits,
     )
     if s["workers"] == 1:
         server = DrainingServer(config)

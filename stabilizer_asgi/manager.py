@@ -105,6 +105,10 @@ class Stabilizer:
         self._started = _monotonic()
         self._rtts: deque[float] = deque(maxlen=2048)
         self.counters: dict[str, int] = {}
+        # The server's own websocket message limit (uvicorn: `ws_max_size`), read from the
+        # first connection's `receive` (see `_probe_server`); None while not known.
+        self._server_probed = False
+        self._server_ws_max_size: int | None = None
         self.backend = create_backend(cfg.backend)
         self._backend_started = False
         keys, generated = normalize_secret(cfg.secret)
@@ -336,6 +340,33 @@ class Stabilizer:
     def _count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
+    def _probe_server(self, receive: Any) -> None:
+        """Read the server's websocket message limit off its `receive`, once per process.
+
+        The ASGI scope does not carry it. uvicorn's websocket protocols (websockets, sansio
+        and wsproto) pass their own bound method as `receive` and keep their `Config` in
+        `.config`; a server (or a middleware in between) that does not leaves it unknown.
+        """
+        config = getattr(getattr(receive, "__self__", None), "config", None)
+        self._server_limit(getattr(config, "ws_max_size", None))
+
+    def _server_limit(self, size: object) -> None:
+        """The server's websocket message limit is `size` bytes (the sidecar says so at
+        startup; `_probe_server` finds it otherwise). Anything but an int leaves it unknown."""
+        self._server_probed = True
+        if isinstance(size, int) and not isinstance(size, bool):
+            self._server_ws_max_size = size
+
+    def _message_limits(self) -> dict[str, Any]:
+        ours = self.config.max_message_size
+        theirs = self._server_ws_max_size
+        above = None if theirs is None else ours is not None and theirs > ours + 1
+        return {
+            "max_message_size": ours,
+            "server_ws_max_size": theirs,
+            "server_limit_above_ours": above,
+        }
+
     def _record_rtt(self, rtt: float) -> None:
         self._rtts.append(rtt)
 
@@ -384,6 +415,7 @@ class Stabilizer:
             },
             "broadcasts": counters.pop("broadcasts", 0),
             "memory": {"total": self._total_memory, "limit": self.config.max_total_memory},
+            "limits": self._message_limits(),
             "draining": self._draining,
             "uptime": round(_monotonic() - self._started, 3),
             "counters": {k: v for k, v in counters.items() if not k.startswith("rejected_")},

@@ -212,7 +212,7 @@ class Connection:
             else:
                 data = message.get("bytes")
                 size = len(data) if data is not None else 0
-            if self._max_size is not None and size > self._max_size:
+            if self._max_size is not None and size > self._max_size and not self._exempt(text):
                 self._abort(1009, "message too big")
                 return self._closed_message()
             bucket = self._bucket
@@ -240,6 +240,17 @@ class Connection:
             if self._closing is not None:
                 return self._closed_message()
         return message
+
+    def _exempt(self, text: str | None) -> bool:
+        """A frame over `max_message_size` that is still allowed: a control frame (the limit
+        is for data; control frames have their own bound, see `wire.decode_control`), or app
+        text of exactly the limit that the client escaped with one more RS."""
+        if text is None or self._proto != "control" or text[:1] != _RS:
+            return False
+        if text[1:2] != _RS:
+            return True
+        assert self._max_size is not None
+        return _text_size(text) - 1 <= self._max_size
 
     def _control(self, text: str, now: float) -> None:
         """A control frame from the client. One that is not valid protocol (see

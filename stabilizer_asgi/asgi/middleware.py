@@ -131,6 +131,8 @@ class StabilizerMiddleware:
             mode = cfg.heartbeat
             heartbeat = mode == "always" or (mode == "auto" and control)
             remote = (client[0], client[1]) if client else None
+            if not manager._server_probed:
+                manager._probe_server(receive)
             session, resume_ack, resume_reason = manager._open_session(opt_in, client_id, remote)
             conn = Connection(manager, session, receive, send, control=control, heartbeat=heartbeat)
             manager._bind(conn, resume_ack, resume_reason)

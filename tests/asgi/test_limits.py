@@ -15,7 +15,16 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stabilizer_asgi import StabilizerMiddleware
 
-from .support import Recorder, make_chat_app, on_loop, registered, session_id, wait_until
+from .support import (
+    RS,
+    Recorder,
+    control,
+    make_chat_app,
+    on_loop,
+    registered,
+    session_id,
+    wait_until,
+)
 
 
 def client_from_header(app: ASGIApp, *, http_response: bool = True) -> ASGIApp:
@@ -176,6 +185,41 @@ def test_max_message_size_closes_with_1009(
     wait_until(lambda: sid in lim.disconnects())
     assert lim.disconnects()[sid] == (1009, "message too big")
     assert not [e for e in lim.rec.events if e[0] == "received"]  # the app never saw it
+
+
+@pytest.mark.parametrize(
+    ("frame", "allowed"),
+    [
+        (RS + RS + "x" * 9, True),  # the app text RS + 9 x: 10 bytes, escaped to 11
+        (RS + RS + "x" * 10, False),
+        (RS + "x" * 10, False),  # plain clients' text is never unescaped
+    ],
+)
+def test_max_message_size_counts_escaped_text_as_the_app_sees_it(
+    limits_factory: Callable[..., Limits], frame: str, allowed: bool
+) -> None:
+    """For an opted-in client the limit applies to the app's text, without the escape RS."""
+    lim = limits_factory(max_message_size=10)
+    query = "stabilizer=1" if frame.startswith(RS + RS) else ""
+    ws, _ = lim.connect(query)
+    ws.send_text(frame)
+    if allowed:
+        assert ws.receive_text() == frame  # echoed: RS + 9 x, escaped again
+    else:
+        assert ws.receive()["code"] == 1009
+
+
+def test_control_frames_are_not_data_for_max_message_size(
+    limits_factory: Callable[..., Limits],
+) -> None:
+    """A tiny `max_message_size` does not close an opted-in client for its pings and pongs:
+    control frames have their own bound."""
+    lim = limits_factory(max_message_size=8)
+    ws, _ = lim.connect("stabilizer=1")
+    ws.send_text(RS + '{"t":"ping","ts":1.5,"n":0}')
+    assert control(ws.receive_text()) == {"t": "pong", "ts": 1.5, "n": 0}
+    ws.send_text("x" * 9)
+    assert ws.receive()["code"] == 1009
 
 
 def test_max_message_size_is_on_by_default(limits_factory: Callable[..., Limits]) -> None:

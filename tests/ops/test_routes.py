@@ -68,7 +68,7 @@ def test_health_answers_503_while_draining(client_factory: ClientFactory) -> Non
 
 def test_stats_document_has_every_section(client_factory: ClientFactory) -> None:
     """Stats reports connections, sessions by state, shards, frames, bytes, heartbeat,
-    rejections, broadcasts, memory, uptime and the config without secrets."""
+    rejections, broadcasts, memory, limits, uptime and the config without secrets."""
     app = stabilized(num_shards=4, secret="k" * 32, admin_token=TOKEN, max_connections=1)
     with client_factory(app, client=REMOTE) as client, client.websocket_connect("/echo") as ws:
         ws.send_text("hello")
@@ -84,10 +84,23 @@ def test_stats_document_has_every_section(client_factory: ClientFactory) -> None
     assert len(stats["shards"]) == 4 and sum(stats["shards"]) == 1
     assert stats["frames"] == {"in": 1, "out": 1}
     assert stats["bytes"] == {"in": 5, "out": 5}
-    assert set(stats["heartbeat"]) == {"pings", "timeouts", "rtt_p50", "rtt_p90", "rtt_p99"}
+    assert set(stats["heartbeat"]) == {
+        "scheduled",
+        "pings",
+        "timeouts",
+        "rtt_p50",
+        "rtt_p90",
+        "rtt_p99",
+    }
     assert stats["rejections"] == {"capacity": 1}
     assert stats["broadcasts"] == 0
     assert stats["memory"]["limit"] is None and stats["memory"]["total"] >= 0
+    # TestClient is no uvicorn: the server's own message limit is not known
+    assert stats["limits"] == {
+        "max_message_size": 1048576,
+        "server_ws_max_size": None,
+        "server_limit_above_ours": None,
+    }
     assert stats["uptime"] >= 0
     config = stats["config"]
     assert config["num_shards"] == 4
