@@ -118,9 +118,9 @@ class Connection:
         self._inbox_space: anyio.Event | None = None
         self._reader_scope: anyio.CancelScope | None = None
         self._writer_scope: anyio.CancelScope | None = None
-        # The heartbeat wheel slot this connection is in (None: not in the wheel). Only the
-        # manager schedules it; `finish` takes it out, so a closed connection is not kept
-        # alive by the wheel until its slot comes due.
+        # Its handle in the heartbeat wheel (None: not in the wheel). Only the manager
+        # schedules it; `finish` takes it out, so a closed connection is not kept alive by
+        # the wheel until its slot comes due.
         self._hb_key: int | None = None
         self._server_disconnect: Message | None = None
         # Set when this connection resumes a detached session: the client's `stabilizer_ack`.

@@ -52,22 +52,24 @@ class TimerWheel(Generic[T]):
     (`pop_due`), so an item is visited at its due time or up to one tick after it, never before.
     """
 
-    __slots__ = ("_resolution", "_slots", "_heap", "_size")
+    __slots__ = ("_resolution", "_slots", "_heap", "_holes", "_size")
 
     def __init__(self, resolution: float) -> None:
         self._resolution = resolution
-        # key -> the slot's items (a dict for O(1) `cancel`). A slot emptied by `cancel` stays
-        # until it is due, so re-filling it never pushes its key onto the heap again.
-        self._slots: dict[int, dict[T, None]] = {}
+        # key -> the slot's items; `cancel` leaves None in an item's place (a list appends
+        # faster than a dict inserts, and `schedule` runs once per connection per interval).
+        self._slots: dict[int, list[T | None]] = {}
         self._heap: list[int] = []
+        self._holes: set[int] = set()  # keys of slots that hold a None
         self._size = 0
 
     # Slot `key` starts at `key * resolution`, computed the same way everywhere, so that
     # rounding cannot make an item due at a wake miss it, or be popped before it is due.
 
     def schedule(self, item: T, at: float) -> int:
-        """Put `item` in the wheel, due at `at`; returns its slot key (for `cancel`).
-        An item must be in the wheel at most once."""
+        """Put `item` in the wheel, due at `at`; returns a handle for `cancel` (the slot key
+        and the item's place in it; at most 2**32 items per slot). An item must be in the
+        wheel at most once."""
         resolution = self._resolution
         key = math.ceil(at / resolution)  # the first slot starting at or after `at`...
         if key * resolution < at:  # ...despite rounding either way
@@ -76,16 +78,20 @@ class TimerWheel(Generic[T]):
             key -= 1
         bucket = self._slots.get(key)
         if bucket is None:
-            bucket = self._slots[key] = {}
+            bucket = self._slots[key] = []
             heapq.heappush(self._heap, key)
-        bucket[item] = None
+        bucket.append(item)
         self._size += 1
-        return key
+        return key << 32 | (len(bucket) - 1)
 
-    def cancel(self, item: T, key: int) -> None:
-        """Take `item` out of slot `key` (as returned by `schedule`), if it is still there."""
+    def cancel(self, item: T, handle: int) -> None:
+        """Take `item` out of the wheel (`handle` from its `schedule`), if it is still there."""
+        key = handle >> 32
+        index = handle & 0xFFFFFFFF
         bucket = self._slots.get(key)
-        if bucket is not None and bucket.pop(item, _ABSENT) is not _ABSENT:
+        if bucket is not None and index < len(bucket) and bucket[index] is item:
+            bucket[index] = None
+            self._holes.add(key)
             self._size -= 1
 
     def next_tick(self, now: float) -> float:
@@ -104,13 +110,17 @@ class TimerWheel(Generic[T]):
         due: list[T] = []
         heap = self._heap
         slots = self._slots
+        holes = self._holes
         while heap and heap[0] * resolution <= now:
-            due.extend(slots.pop(heapq.heappop(heap)))
+            key = heapq.heappop(heap)
+            bucket = slots.pop(key)
+            if key in holes:
+                holes.discard(key)
+                due.extend(item for item in bucket if item is not None)
+            else:
+                due.extend(bucket)  # type: ignore[arg-type]  # no None in it
         self._size -= len(due)
         return due
 
     def __len__(self) -> int:
         return self._size
-
-
-_ABSENT: object = object()

@@ -96,13 +96,13 @@ def test_cancel_releases_the_item_at_once() -> None:
     """A cancelled item is gone from the wheel now, not when its slot comes due; cancelling
     twice, or after it was popped, changes nothing."""
     wheel: TimerWheel[str] = TimerWheel(0.5)
-    keys = {name: wheel.schedule(name, 10.0) for name in ("a", "b", "c")}
-    wheel.cancel("b", keys["b"])
+    handles = {name: wheel.schedule(name, 10.0) for name in ("a", "b", "c")}
+    wheel.cancel("b", handles["b"])
     assert len(wheel) == 2
-    wheel.cancel("b", keys["b"])
+    wheel.cancel("b", handles["b"])
     assert len(wheel) == 2
     assert wheel.pop_due(10.0) == ["a", "c"]
-    wheel.cancel("a", keys["a"])
+    wheel.cancel("a", handles["a"])
     assert len(wheel) == 0
 
 
@@ -117,3 +117,14 @@ def test_cancelled_items_do_not_pile_up_in_a_slot() -> None:
     wheel.schedule(keep, 25.0)
     assert wheel.pop_due(24.0) == []
     assert wheel.pop_due(25.0) == [keep]
+
+
+def test_a_stale_handle_never_cancels_another_item() -> None:
+    """A handle whose item was popped does not cancel what later took its place in the slot."""
+    wheel: TimerWheel[str] = TimerWheel(1.0)
+    handle = wheel.schedule("a", 5.0)
+    assert wheel.pop_due(5.0) == ["a"]
+    wheel.schedule("b", 5.0)  # the same slot again: "b" where "a" was
+    wheel.cancel("a", handle)
+    assert len(wheel) == 1
+    assert wheel.pop_due(5.0) == ["b"]
