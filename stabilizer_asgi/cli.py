@@ -505,15 +505,10 @@ def ws_max_size_for(max_message_size: int | None) -> int | None:
     """uvicorn's `ws_max_size` for our `max_message_size` (None: keep uvicorn's 16 MiB).
 
     uvicorn reads a whole message into memory, up to `ws_max_size`, before the middleware
-    sees it, so without this `max_message_size` bounds nothing. One byte more than our limit:
-    app text of exactly the limit that starts with RS is escaped with one more RS (1 byte) on
-    the wire, and a frame one byte over our limit still reaches the middleware, which closes
-    with its own 1009 (logged and counted); larger frames get uvicorn's 1009 before they are
-    read. Never below `wire.CONTROL_MAX_CHARS`, so a tiny limit does not cut control frames.
+    sees it, so without this `max_message_size` bounds nothing. See `wire.server_frame_limit`
+    for why it is `max_message_size + 1`, at least 4096.
     """
-    if max_message_size is None:
-        return None
-    return max(max_message_size + 1, wire.CONTROL_MAX_CHARS)
+    return wire.server_frame_limit(max_message_size)
 
 
 def _import(target: str, what: str) -> Any:

@@ -360,7 +360,8 @@ class Stabilizer:
     def _message_limits(self) -> dict[str, Any]:
         ours = self.config.max_message_size
         theirs = self._server_ws_max_size
-        above = None if theirs is None else ours is not None and theirs > ours + 1
+        wanted = wire.server_frame_limit(ours)
+        above = None if theirs is None else wanted is not None and theirs > wanted
         return {
             "max_message_size": ours,
             "server_ws_max_size": theirs,

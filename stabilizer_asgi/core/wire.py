@@ -196,6 +196,21 @@ def decode_control(text: str, kinds: frozenset[str]) -> dict[str, Any] | None:
     return obj
 
 
+def server_frame_limit(max_message_size: int | None) -> int | None:
+    """The largest message the server should read for our `max_message_size` (uvicorn's
+    `ws_max_size`); None: no limit of ours.
+
+    One byte more than our limit: app text of exactly the limit that starts with RS is escaped
+    with one more RS on the wire, and a frame one byte over our limit still reaches the
+    middleware, which closes with its own 1009 (logged and counted); the server refuses larger
+    ones before reading them. Never below `CONTROL_MAX_CHARS`, so that a tiny limit does not
+    cut control frames, which are not data.
+    """
+    if max_message_size is None:
+        return None
+    return max(max_message_size + 1, CONTROL_MAX_CHARS)
+
+
 def escape(text: str) -> str:
     """App text that starts with RS gets one more, so it is never mistaken for control."""
     return RS + text if text[:1] == RS else text

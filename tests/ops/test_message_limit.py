@@ -69,21 +69,28 @@ async def test_sidecar_passes_uvicorn_a_ws_max_size_from_max_message_size(
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.parametrize(
-    ("ws_max_size", "above"), [(None, True), (1_048_577, False), (1_048_576, False)]
+    ("ours", "ws_max_size", "above"),
+    [
+        (1_048_576, None, True),  # uvicorn's 16 MiB default
+        (1_048_576, 1_048_577, False),
+        (1_048_576, 1_048_576, False),
+        (10, 4096, False),  # the floor kept for control frames is not "above"
+        (10, 4097, True),
+    ],
 )
 async def test_stats_say_when_plain_uvicorn_reads_more_than_max_message_size(
-    uvicorn_server: Any, anyio_backend: str, ws_max_size: int | None, above: bool
+    uvicorn_server: Any, anyio_backend: str, ours: int, ws_max_size: int | None, above: bool
 ) -> None:
     """Under plain uvicorn the middleware reads uvicorn's `ws_max_size` (16 MiB unless set)
-    off the connection, and stats say whether it is above `max_message_size` + 1."""
+    off the connection, and stats say whether it is above what the sidecar would set."""
     settings = {} if ws_max_size is None else {"ws_max_size": ws_max_size}
-    app = StabilizerMiddleware(make_app())
+    app = StabilizerMiddleware(make_app(), max_message_size=ours)
     server = uvicorn_server(app, **settings)
     async with connect(server.url("/echo"), ping_interval=None) as ws:
         await ws.send("hi")
         assert await ws.recv() == "hi"
     assert app.manager.stats()["limits"] == {
-        "max_message_size": 1_048_576,
+        "max_message_size": ours,
         "server_ws_max_size": ws_max_size or 16 * 1024 * 1024,
         "server_limit_above_ours": above,
     }
