@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -153,7 +154,16 @@ class StabilizerConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         for key in kwargs:
             if key not in names:
-                raise ConfigError(key, kwargs[key], "a known option: " + ", ".join(sorted(names)))
+                known = ", ".join(sorted(names))
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                # The value is not echoed: a misspelt `secret` or `admin_token` is a secret.
+                raise ConfigError(
+                    key,
+                    kwargs[key],
+                    "a known option: " + known,
+                    message=f"unknown option {key!r}{hint} (known options: {known})",
+                )
         if config is None:
             return cls(**kwargs)
         return dataclasses.replace(config, **kwargs) if kwargs else config

@@ -13,11 +13,11 @@ class ConfigError(StabilizerError, ValueError):
     The message names the field, the value and what is allowed.
     """
 
-    def __init__(self, field: str, value: object, allowed: str) -> None:
+    def __init__(self, field: str, value: object, allowed: str, *, message: str = "") -> None:
         self.field = field
         self.value = value
         self.allowed = allowed
-        super().__init__(f"invalid value for {field!r}: {value!r} (allowed: {allowed})")
+        super().__init__(message or f"invalid value for {field!r}: {value!r} (allowed: {allowed})")
 
 
 class SessionNotFoundError(StabilizerError, KeyError):

@@ -98,6 +98,7 @@ class Stabilizer:
         self._tg: anyio.abc.TaskGroup | None = None
         self._service_token: object = None
         self._service_starting = False
+        self._service_stopped: anyio.Event | None = None
         self._pending: list[tuple[Callable[..., Coroutine[Any, Any, Any]], tuple[Any, ...]]] = []
         self._draining = False
         self._total_memory = 0
@@ -435,10 +436,10 @@ class Stabilizer:
         self._service_token = _runtime.loop_token()
         _runtime.spawn_system(self._run_service)
 
-    async def _run_service(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def _run_service(self) -> None:
         """Host the housekeeper and every background task; runs until cancelled."""
+        stopped = anyio.Event()
+        self._service_stopped = stopped
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -448,11 +449,40 @@ class Stabilizer:
                 for fn, args in pending:
                     tg.start_soon(fn, *args)
                 tg.start_soon(self._housekeeper)
-                task_status.started()
         finally:
             if self._tg is not None and self._service_token is _runtime.loop_token():
                 self._tg = None
                 self._service_starting = False
+            stopped.set()
+
+    # The lifespan hooks. The middleware awaits `_start` before the app sees
+    # `lifespan.startup` and `_stop` before the app's last lifespan message reaches the server,
+    # so whatever runs here (the background service; a cluster backend's connections) is up for
+    # the app's whole lifespan and down before the server moves on. An exception from `_start`
+    # fails the startup with its message; one from `_stop` fails the shutdown.
+
+    async def _start(self) -> None:
+        """Lifespan startup: serve again (after a previous run's shutdown) and start the service."""
+        # A new run of the same app object (e.g. one `TestClient(app)` per test) serves again:
+        # the previous run's shutdown must not keep refusing every handshake.
+        self._draining = False
+        self._ensure_service()
+        while self._tg is None and self._service_starting:
+            await anyio.sleep(0)
+
+    async def _stop(self) -> None:
+        """Lifespan end: stop the background service of this loop and wait until it has."""
+        stopped = self._stop_now()
+        if stopped is not None:
+            await stopped.wait()
+
+    def _stop_now(self) -> anyio.Event | None:
+        """Cancel the background service of this loop without waiting; the event it sets."""
+        tg = self._tg
+        if tg is None or self._service_token is not _runtime.loop_token():
+            return None
+        tg.cancel_scope.cancel()
+        return self._service_stopped
 
     def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         tg = self._tg

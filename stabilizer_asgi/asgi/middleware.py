@@ -14,7 +14,7 @@ from ..core.wire import OptIn, split_query
 from ..exceptions import ConfigError
 from ..manager import Stabilizer
 from ..types import ASGIApp, Message, Receive, Scope, Send
-from . import routes
+from . import _runtime, routes
 from .connection import Connection
 
 logger = logging.getLogger("stabilizer_asgi")
@@ -54,18 +54,32 @@ class StabilizerMiddleware:
         **kwargs: Any,
     ) -> None:
         self.app = app
-        if manager is not None:
-            if config is not None or kwargs:
-                raise ConfigError("manager", manager, "either manager= or settings, not both")
-            self.manager = manager
-        else:
-            self.manager = Stabilizer(config, **kwargs)
+        self._config_error: ConfigError | None = None
+        try:
+            if manager is not None:
+                if config is not None or kwargs:
+                    raise ConfigError("manager", manager, "either manager= or settings, not both")
+                self.manager = manager
+            else:
+                self.manager = Stabilizer(config, **kwargs)
+        except ConfigError as exc:
+            if not _runtime.library():
+                raise
+            # Built inside a running event loop: Starlette and FastAPI build their middleware
+            # at the first event, which under uvicorn is lifespan startup, and uvicorn takes an
+            # exception there for "lifespan unsupported" (`--lifespan auto`), logs one line and
+            # serves 500s. Fail that startup instead, with the message, and every other event.
+            self._config_error = exc
+            return
         cfg = self.manager.config
         self.config = cfg
         self._client_id = cfg.client_id or query_client_id
         self._routes = routes.build(self.manager)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._config_error is not None:
+            await self._refuse(scope, receive, send, self._config_error)
+            return
         kind = scope["type"]
         if kind == "websocket":
             # Set up synchronously, then await the app right here: a websocket keeps this one
@@ -178,38 +192,88 @@ class StabilizerMiddleware:
         else:
             await send({"type": "websocket.close", "code": 1013 if status == 503 else 1008})
 
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, error: ConfigError
+    ) -> None:
+        """Report a configuration error that could not be raised at construction."""
+        if scope["type"] == "lifespan":
+            message = await receive()
+            if message.get("type") == "lifespan.startup":
+                await send({"type": "lifespan.startup.failed", "message": _failure(error)})
+        raise error.with_traceback(None)  # the same error each time: not an ever longer trace
+
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Host the manager's background service for as long as the app's lifespan runs."""
+        """Run the manager's machinery for as long as the app's lifespan, unseen by the server.
+
+        The server must see the bare app's lifespan traffic and outcome, at the same moment.
+        uvicorn reads the outcome of `lifespan.startup.failed` / `.shutdown.failed` as soon as
+        the message arrives (an exception raised right after it must already have reached it),
+        and cancels a lifespan call still running once `lifespan.shutdown.complete` has arrived
+        (logging the CancelledError). So our machinery starts before the app sees
+        `lifespan.startup` and stops before the app's last message is passed on; once the app
+        returns or raises, nothing of ours awaits and its exception propagates as it is.
+        """
         manager = self.manager
+        first = await receive()
+        running = first.get("type") == "lifespan.startup"
+        if running:
+            try:
+                await manager._start()
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": _failure(exc)})
+                raise
+        pending: Message | None = first
+
+        async def stop() -> None:
+            nonlocal running
+            if running:
+                running = False
+                await manager._stop()
 
         async def lifespan_receive() -> Message:
+            nonlocal pending
+            if pending is not None:
+                message, pending = pending, None
+                return message
             message = await receive()
-            kind = message.get("type")
-            if kind == "lifespan.startup":
-                # A new run of the same app object (e.g. one `TestClient(app)` per test) serves
-                # again: the previous run's shutdown must not keep refusing every handshake.
-                manager._draining = False
-            elif kind == "lifespan.shutdown":
+            if message.get("type") == "lifespan.shutdown":
                 # Servers that send this before closing sockets get a graceful shutdown here.
                 await manager.shutdown()
             return message
 
-        error: Exception | None = None
-        async with anyio.create_task_group() as tg:
-            await tg.start(manager._run_service)
-            try:
-                await self.app(scope, lifespan_receive, send)
-            except Exception as exc:
-                error = exc
-            finally:
-                tg.cancel_scope.cancel()
-        if error is not None:
-            # Raised outside the task group so the server gets the app's own exception (e.g.
-            # an app without lifespan support), not an ExceptionGroup wrapping it.
-            try:
-                raise error
-            finally:
-                error = None
+        async def lifespan_send(message: Message) -> None:
+            kind = message.get("type")
+            if kind in _LAST_MESSAGES and running:
+                try:
+                    await stop()
+                except Exception as exc:
+                    if kind == "lifespan.shutdown.complete":
+                        message = {"type": "lifespan.shutdown.failed", "message": _failure(exc)}
+                    else:
+                        logger.exception("stabilizer_asgi could not stop cleanly")
+            await send(message)
+
+        try:
+            await self.app(scope, lifespan_receive, lifespan_send)
+        except Exception:
+            await stop()
+            raise
+        except BaseException:  # cancelled: no await is allowed any more
+            if running:
+                running = False
+                manager._stop_now()
+            raise
+        await stop()
+
+
+# The app's messages after which the server moves on (starts serving, or exits).
+_LAST_MESSAGES = frozenset(
+    ("lifespan.startup.failed", "lifespan.shutdown.complete", "lifespan.shutdown.failed")
+)
+
+
+def _failure(exc: Exception) -> str:
+    return f"stabilizer_asgi: {type(exc).__name__}: {exc}"
 
 
 def _route_path(scope: Scope) -> str:
