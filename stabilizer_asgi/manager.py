@@ -128,6 +128,14 @@ class Stabilizer:
                 "will not survive a restart or work across workers",
             )
 
+    # The manager holds tasks, locks and connections and is shared by design: a copy of
+    # `scope["state"]` (shallow or deep) must hand the app this same manager, not a clone.
+    def __copy__(self) -> Stabilizer:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Stabilizer:
+        return self
+
     # ------------------------------------------------------------------ queries
 
     def get(self, session_id: str) -> Session | None:

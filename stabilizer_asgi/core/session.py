@@ -189,6 +189,15 @@ class Session:
         self._unacked_in = 0
         self._unacked_in_bytes = 0
 
+    # A session is a live object (its connection, buffers, the manager's bookkeeping): a copy
+    # would be a second session nobody runs. Servers and frameworks copy `scope["state"]`
+    # (shallow, or `copy.deepcopy`), and every copy must still name this very session.
+    def __copy__(self) -> Session:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Session:
+        return self
+
     @property
     def data(self) -> SessionData:
         """User data, counted toward `max_memory_per_session` / `max_total_memory`."""

@@ -4,6 +4,7 @@ session in a copied `scope["state"]`."""
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -270,3 +271,43 @@ async def call_http(app: Any, **scope: Any) -> list[dict[str, Any]]:
     }
     await app(full, receive, send)
     return sent
+
+
+def test_state_survives_copy_and_deepcopy(client_factory: Callable[..., TestClient]) -> None:
+    """`copy.copy` / `copy.deepcopy(scope["state"])` work once the middleware is in, on HTTP
+    and websocket scopes, and every copy holds this very manager and session."""
+    seen: dict[str, Any] = {}
+
+    async def ws(websocket: WebSocket) -> None:
+        state = websocket.scope["state"]
+        for name, make in (("shallow", copy.copy), ("deep", copy.deepcopy)):
+            clone = make(state)
+            seen[f"ws_{name}"] = (clone["stabilizer"], clone["stabilizer_session"], clone["pool"])
+        seen["ws"] = (state["stabilizer"], state["stabilizer_session"], state["pool"])
+        await websocket.accept()
+        await websocket.send_text("ready")
+        await websocket.receive()
+
+    async def http(request: Request) -> Response:
+        seen["http_deep"] = copy.deepcopy(request.scope["state"])["stabilizer"]
+        return Response("ok")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        yield {"pool": ["shared resource"]}
+
+    app = StabilizerMiddleware(
+        Starlette(routes=[WebSocketRoute("/ws", ws), Route("/http", http)], lifespan=lifespan)
+    )
+    with client_factory(app) as client:
+        assert client.get("/http").text == "ok"
+        with client.websocket_connect("/ws?stabilizer=1") as websocket:
+            while websocket.receive_text() != "ready":
+                pass
+            manager, session, pool = seen["ws"]
+            assert isinstance(session, Session) and session.state is SessionState.CONNECTED
+    assert manager is app.manager and seen["http_deep"] is app.manager
+    for name in ("ws_shallow", "ws_deep"):
+        assert seen[name][0] is manager and seen[name][1] is session
+    assert seen["ws_shallow"][2] is pool
+    assert seen["ws_deep"][2] == pool and seen["ws_deep"][2] is not pool  # the rest is copied
