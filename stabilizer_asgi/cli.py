@@ -26,6 +26,7 @@ import asyncio
 import copy
 import dataclasses
 import logging
+import logging.config
 import math
 import os
 import signal
@@ -669,6 +670,9 @@ def log_config(level: str, fmt: str) -> dict[str, Any]:
                 "uvicorn.access": {"handlers": ["access"], "level": upper, "propagate": False},
                 _log.LOGGER_NAME: {"handlers": ["default"], "level": upper, "propagate": False},
             },
+            # Every other logger (asyncio, websockets, py.warnings, the app's own) writes JSON
+            # too, instead of Python's last-resort handler writing bare text to stderr.
+            "root": {"handlers": ["default"], "level": "WARNING"},
         }
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     config["formatters"]["stabilizer"] = {"()": "stabilizer_asgi.logging.TextFormatter"}
@@ -683,6 +687,12 @@ def log_config(level: str, fmt: str) -> dict[str, Any]:
         "propagate": False,
     }
     return config
+
+
+def _configure_logging(level: str, fmt: str) -> None:
+    logging.config.dictConfig(log_config(level, fmt))
+    if fmt == "json":
+        logging.captureWarnings(True)  # a `warnings.warn` line would not be JSON either
 
 
 def serve(settings: ServeSettings, app: Any = None) -> int:
@@ -730,6 +740,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     environ = os.environ if environ is None else environ
     try:
         settings = resolve(ns, environ)
+        # Logging is configured before the app is imported and wrapped: whatever is logged
+        # from then on (the generated-secret warning, the app's import-time records) is
+        # formatted like uvicorn's own lines, never left to Python's bare last-resort handler.
+        _configure_logging(settings.server["log_level"], settings.server["log_format"])
         # Import and wrap here, so a bad app or option fails now with status 2 rather than in
         # every worker; a single process serves this very app.
         app = settings.app()

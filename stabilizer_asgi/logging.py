@@ -1,8 +1,11 @@
-"""Structured logs: one event name per lifecycle step, fields in `extra`, and two formatters.
+"""Structured logs: one event name per lifecycle step, a sentence per record, two formatters.
 
-Every record goes to the `stabilizer_asgi` logger. Its message is the event name (a constant
-below, which tests and log pipelines can match on) and its fields are record attributes, set
-through `extra`: `session`, `client`, `remote`, `code`, `reason`, `duration_ms`, `rtt_ms`, ...
+Every record goes to the `stabilizer_asgi` logger. Its message is a sentence that reads on its
+own under any formatter (uvicorn's, `logging.basicConfig()`'s): the event's template below,
+filled in from its fields. The event name (a constant below, which tests and log pipelines can
+match on) and the fields are also record attributes, set through `extra`: `event`, `session`,
+`client`, `remote`, `code`, `reason`, `duration_ms`, `rtt_ms`, ... `JsonFormatter` writes them
+as keys of the line's JSON object.
 
 Tokens, secrets and payloads are never logged. Nothing is logged per frame above DEBUG.
 """
@@ -42,7 +45,7 @@ SHUTDOWN = "shutdown"
 HOOK_FAILED = "hook_failed"
 """ERROR. A hook raised: hook, session, error."""
 SECRET_GENERATED = "secret_generated"
-"""WARNING. No secret configured; a random per-process token key is used: detail."""
+"""WARNING. No secret configured; a random per-process token key is used (no fields)."""
 SIGNAL_RECEIVED = "signal_received"
 """The sidecar got a shutdown signal: signal, action ("drain" or "exit")."""
 
@@ -63,6 +66,46 @@ EVENTS = (
     SIGNAL_RECEIVED,
 )
 
+# The message of each event's records: a `str.format` template over the event's fields.
+CONNECTED_MESSAGE = (
+    "Session {session} connected from {remote} (client {client}, opted in: {opted_in})"
+)
+RESUMED_MESSAGE = (
+    "Session {session} resumed from {remote} (client {client}, {replayed} frames replayed)"
+)
+DETACHED_MESSAGE = (
+    "Session {session} lost its connection (close code {code}, reason {reason}) and stays "
+    "resumable (client {client})"
+)
+DISCONNECTED_MESSAGE = (
+    "Session {session} ended (close code {code}, reason {reason}) after {duration_ms} ms "
+    "(client {client})"
+)
+HEARTBEAT_TIMEOUT_MESSAGE = (
+    "Session {session} from {remote} sent nothing within heartbeat_timeout of a ping: "
+    "closing it with 1011 (client {client})"
+)
+REJECTED_MESSAGE = "Refused a websocket handshake from {remote}: {reason}"
+EVICTED_MESSAGE = (
+    "Session {session} lost its data to stay within max_total_memory "
+    "(eviction {policy}, client {client})"
+)
+SLOW_CONSUMER_MESSAGE = (
+    "Session {session} does not read fast enough: closing it with 1008 (client {client})"
+)
+DRAIN_STARTED_MESSAGE = "Draining {connections} connections over {period} s"
+DRAINED_MESSAGE = "Drain finished in {duration_ms} ms: {closed} closed, {failed} failed"
+SHUTDOWN_MESSAGE = "Shutdown finished in {duration_ms} ms: {closed} closed, {failed} failed"
+HOOK_FAILED_MESSAGE = "Hook {hook} failed for session {session}: {error}"
+SECRET_GENERATED_MESSAGE = (
+    "No secret configured: generated a random per-process token secret; resume tokens will "
+    "not survive a restart or work across workers"
+)
+SIGNAL_RECEIVED_MESSAGE = "Received {signal}: {action}"
+
+MESSAGES = {name: globals()[name.upper() + "_MESSAGE"] for name in EVENTS}
+"""Event name → its message template."""
+
 # Attributes every LogRecord has; anything else on a record came in through `extra`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
@@ -72,10 +115,26 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
 
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log lifecycle event `name` with `fields` as record attributes (and `event=name`)."""
+    """Log lifecycle event `name`: its sentence, with `fields` (and `event=name`) in `extra`."""
     if logger.isEnabledFor(level):
+        message = MESSAGES[name].format_map(_Shown({k: _shown(v) for k, v in fields.items()}))
         fields["event"] = name
-        logger.log(level, name, extra=fields)
+        # Complete text, no %-args: a `%` in a field cannot break the record's formatting.
+        logger.log(level, message, extra=fields)
+
+
+class _Shown(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "-"  # a field the caller did not give: the record is still logged
+
+
+def _shown(value: object) -> str:
+    """A field as it reads in a sentence: `ip:port` for an address, `-` for nothing."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, tuple | list) and len(value) == 2 and isinstance(value[1], int):
+        return f"{value[0]}:{value[1]}"
+    return str(value)
 
 
 def fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -98,6 +98,7 @@ class Stabilizer:
         self._tg: anyio.abc.TaskGroup | None = None
         self._service_token: object = None
         self._service_starting = False
+        self._service_up: anyio.Event | None = None
         self._service_stopped: anyio.Event | None = None
         self._pending: list[tuple[Callable[..., Coroutine[Any, Any, Any]], tuple[Any, ...]]] = []
         self._draining = False
@@ -120,13 +121,7 @@ class Stabilizer:
         self._detached: deque[tuple[float, Session]] = deque()
         self._tombstones: OrderedDict[str, None] = OrderedDict()
         if generated:
-            _log.event(
-                logger,
-                _log.SECRET_GENERATED,
-                level=logging.WARNING,
-                detail="no secret configured: reconnect tokens use a random per-process key and "
-                "will not survive a restart or work across workers",
-            )
+            _log.event(logger, _log.SECRET_GENERATED, level=logging.WARNING)
 
     # The manager holds tasks, locks and connections and is shared by design: a copy of
     # `scope["state"]` (shallow or deep) must hand the app this same manager, not a clone.
@@ -457,6 +452,9 @@ class Stabilizer:
                 for fn, args in pending:
                     tg.start_soon(fn, *args)
                 tg.start_soon(self._housekeeper)
+                if self._service_up is not None:
+                    self._service_up.set()
+                    self._service_up = None
         finally:
             if self._tg is not None and self._service_token is _runtime.loop_token():
                 self._tg = None
@@ -474,9 +472,10 @@ class Stabilizer:
         # A new run of the same app object (e.g. one `TestClient(app)` per test) serves again:
         # the previous run's shutdown must not keep refusing every handshake.
         self._draining = False
-        self._ensure_service()
-        while self._tg is None and self._service_starting:
-            await anyio.sleep(0)
+        if self._tg is None or self._service_token is not _runtime.loop_token():
+            up = self._service_up = anyio.Event()
+            self._ensure_service()
+            await up.wait()
 
     async def _stop(self) -> None:
         """Lifespan end: stop the background service of this loop and wait until it has."""

@@ -7,8 +7,6 @@ import logging
 from typing import Any
 from urllib.parse import parse_qsl
 
-import anyio
-
 from ..config import StabilizerConfig
 from ..core.wire import OptIn, split_query
 from ..exceptions import ConfigError
@@ -192,9 +190,7 @@ class StabilizerMiddleware:
         else:
             await send({"type": "websocket.close", "code": 1013 if status == 503 else 1008})
 
-    async def _refuse(
-        self, scope: Scope, receive: Receive, send: Send, error: ConfigError
-    ) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: ConfigError) -> None:
         """Report a configuration error that could not be raised at construction."""
         if scope["type"] == "lifespan":
             message = await receive()

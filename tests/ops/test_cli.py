@@ -70,6 +70,8 @@ def no_serving(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("the options were accepted")
 
     monkeypatch.setattr(cli, "serve", refuse)
+    # main() configures logging for the process it runs in: not for the test process.
+    monkeypatch.setattr(cli, "_configure_logging", lambda level, fmt: None)
 
 
 def test_every_config_field_is_an_option_with_env_var_and_default(
@@ -316,7 +318,9 @@ def test_log_config_routes_our_logger_through_the_formatters() -> None:
 class Sidecar:
     """`stabilizer-asgi serve ...` as a real subprocess with JSON logs on stderr."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, with_stdout: bool = False
+    ) -> None:
         script = Path(sys.executable).with_name("stabilizer-asgi")
         command = (
             [str(script)] if script.exists() else [sys.executable, "-m", "stabilizer_asgi.cli"]
@@ -325,8 +329,9 @@ class Sidecar:
             [*command, "serve", *args, "--port", "0", "--log-format", "json"],
             cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            # with_stdout: uvicorn's access lines (stdout) too, in one stream with stderr
+            stdout=subprocess.PIPE if with_stdout else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if with_stdout else subprocess.PIPE,
             text=True,
         )
         self.lines: list[dict[str, Any]] = []
@@ -336,8 +341,9 @@ class Sidecar:
         self.port = self._port()
 
     def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
+        stream = self.proc.stderr or self.proc.stdout
+        assert stream is not None
+        for line in stream:
             self.raw.append(line)
             with contextlib.suppress(ValueError):
                 self.lines.append(json.loads(line))
@@ -518,3 +524,31 @@ async def test_workers_each_drain_on_sigterm(sidecars: list[Sidecar], anyio_back
     drained = sidecar.events(slog.DRAINED)
     assert {line["process"] for line in drained} == pids
     assert sum(line["closed"] for line in drained) == len(clients)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_every_json_log_line_is_json(sidecars: list[Sidecar], anyio_backend: str) -> None:
+    """With `--log-format json` every line on stderr and stdout is a JSON object, from the
+    generated-secret warning logged while the app is built (before uvicorn starts) through
+    uvicorn's startup, access and shutdown lines, and each message is a sentence."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STABILIZER_")}
+    sidecar = Sidecar(APP, "--factory", env=env, with_stdout=True)
+    sidecars.append(sidecar)
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(sidecar.http("/hello"))).status_code == 200
+    async with connect(sidecar.url("/echo"), ping_interval=None) as ws:
+        await ws.send("x")
+        assert await ws.recv() == "x"
+    sidecar.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(sidecar.wait, 15) in (0, -signal.SIGTERM)
+    assert sidecar.raw and len(sidecar.lines) == len(sidecar.raw), "".join(sidecar.raw)
+    first = sidecar.lines[0]
+    assert (first["event"], first["level"]) == (slog.SECRET_GENERATED, "WARNING")
+    assert first["message"] == slog.SECRET_GENERATED_MESSAGE
+    messages = [line["message"] for line in sidecar.lines]
+    assert any('"GET /hello HTTP/1.1" 200' in m for m in messages)  # uvicorn's access line
+    assert any(m.startswith("Uvicorn running on") for m in messages)
+    for line in sidecar.lines:
+        if line.get("event"):
+            assert line["message"] != line["event"] and " " in line["message"]

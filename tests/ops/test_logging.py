@@ -7,7 +7,10 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -54,7 +57,9 @@ def test_connected_and_disconnected_fields(client_factory: ClientFactory) -> Non
         wait_until(lambda: len(logs.events(slog.DISCONNECTED)) == 1)
     connected = logs.one(slog.CONNECTED)
     assert connected.name == "stabilizer_asgi" and connected.levelno == logging.INFO
-    assert connected.getMessage() == "connected"
+    assert connected.getMessage() == (
+        f"Session {sid} connected from 127.0.0.1:50000 (client alice, opted in: True)"
+    )
     assert slog.fields(connected) == {
         "event": "connected",
         "session": sid,
@@ -75,6 +80,10 @@ def test_connected_and_disconnected_fields(client_factory: ClientFactory) -> Non
         "rtt_ms": None,
         "expired": False,
     }
+    assert re.fullmatch(
+        rf"Session {sid} ended \(close code 1000, reason -\) after [\d.]+ ms \(client alice\)",
+        disconnected.getMessage(),
+    )
 
 
 def test_heartbeat_timeout_fields(client_factory: ClientFactory) -> None:
@@ -187,7 +196,7 @@ def test_json_formatter_writes_one_object_per_line() -> None:
         "level": "INFO",
         "logger": "stabilizer_asgi.test_json",
         "process": os.getpid(),
-        "message": "rejected",
+        "message": "Refused a websocket handshake from 10.0.0.1:5: capacity",
         "event": "rejected",
         "reason": "capacity",
         "remote": ["10.0.0.1", 5],
@@ -198,12 +207,15 @@ def test_json_formatter_writes_one_object_per_line() -> None:
 
 
 def test_text_formatter_appends_fields() -> None:
-    """TextFormatter: uvicorn's level prefix, the event name, then key=value fields."""
+    """TextFormatter: uvicorn's level prefix, the event's sentence, then key=value fields."""
     logger = logging.getLogger("stabilizer_asgi.test_text")
     with captured_logs() as logs:
         slog.event(logger, slog.DISCONNECTED, session="s1", code=1000, reason="bye now")
     line = slog.TextFormatter().format(logs.records[-1])
-    assert line == 'INFO:     disconnected session=s1 code=1000 reason="bye now"'
+    assert line == (
+        "INFO:     Session s1 ended (close code 1000, reason bye now) after - ms (client -) "
+        'session=s1 code=1000 reason="bye now"'
+    )
 
 
 def test_no_token_secret_or_payload_is_ever_logged(client_factory: ClientFactory) -> None:
@@ -257,3 +269,27 @@ async def test_logs_from_a_real_server_are_captured(
     assert connected.client == "real" and tuple(connected.remote) == ("127.0.0.1", port)
     assert logs.one(slog.DISCONNECTED).code == 1000
     await asyncio.sleep(0)
+
+
+def test_plain_uvicorn_shows_our_warning_as_a_sentence() -> None:
+    """Under plain `uvicorn` (its own logging config, none for our logger) the generated-secret
+    warning reads as a sentence on stderr, not as a bare event name."""
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STABILIZER_")}
+    command = [sys.executable, "-m", "uvicorn", "--factory", "tests.ops.support:stabilized",
+               "--port", "0"]  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=root, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if "Uvicorn running on" in line or len(lines) > 50:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    assert slog.SECRET_GENERATED_MESSAGE in lines, lines
+    assert slog.SECRET_GENERATED not in lines
