@@ -212,6 +212,26 @@ def test_bad_app_exits_2(
     assert "MODULE:APP" in err and expected in err
 
 
+def misconfigured_app() -> Starlette:
+    """An app that adds the middleware with a misspelt setting (imported by the CLI test)."""
+    app = Starlette()
+    app.add_middleware(StabilizerMiddleware, heartbeat_intervall=25)
+    return app
+
+
+def test_a_misconfigured_added_middleware_exits_2(
+    capsys: pytest.CaptureFixture[str], no_serving: None
+) -> None:
+    """An app whose `add_middleware(StabilizerMiddleware, ...)` has a bad setting is refused
+    before uvicorn starts (status 2), with the did-you-mean."""
+    target = "tests.ops.test_cli:misconfigured_app"
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve", target, "--factory"], environ={})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "MODULE:APP" in err and "did you mean 'heartbeat_interval'?" in err, err
+
+
 def test_secrets_are_never_echoed_in_errors(
     capsys: pytest.CaptureFixture[str], no_serving: None
 ) -> None:
