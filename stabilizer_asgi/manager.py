@@ -468,20 +468,26 @@ class Stabilizer:
     # fails the startup with its message; one from `_stop` fails the shutdown.
 
     async def _start(self) -> None:
-        """Lifespan startup: serve again (after a previous run's shutdown) and start the service."""
+        """Lifespan startup: serve again (after a previous shutdown), start backend and service."""
         # A new run of the same app object (e.g. one `TestClient(app)` per test) serves again:
         # the previous run's shutdown must not keep refusing every handshake.
         self._draining = False
+        if not self._backend_started:
+            await self.backend.start(self._deliver)
+            self._backend_started = True
         if self._tg is None or self._service_token is not _runtime.loop_token():
             up = self._service_up = anyio.Event()
             self._ensure_service()
             await up.wait()
 
     async def _stop(self) -> None:
-        """Lifespan end: stop the background service of this loop and wait until it has."""
+        """Lifespan end: stop the background service of this loop, then the backend."""
         stopped = self._stop_now()
         if stopped is not None:
             await stopped.wait()
+        if self._backend_started:
+            self._backend_started = False
+            await self.backend.stop()
 
     def _stop_now(self) -> anyio.Event | None:
         """Cancel the background service of this loop without waiting; the event it sets."""

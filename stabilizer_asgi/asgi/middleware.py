@@ -16,6 +16,7 @@ from . import _runtime, routes
 from .connection import Connection
 
 logger = logging.getLogger("stabilizer_asgi")
+STOP_FAILED = "Stopping the stabilizer service at the end of the app's lifespan failed"
 _NO_OPT_IN = OptIn()
 _MAX_CLIENT_ID = 256
 
@@ -220,11 +221,18 @@ class StabilizerMiddleware:
                 raise
         pending: Message | None = first
 
-        async def stop() -> None:
+        async def stop() -> Exception | None:
+            """Stop our machinery (once); the error it raised, logged, if any."""
             nonlocal running
-            if running:
-                running = False
+            if not running:
+                return None
+            running = False
+            try:
                 await manager._stop()
+            except Exception as exc:
+                logger.exception(STOP_FAILED)
+                return exc
+            return None
 
         async def lifespan_receive() -> Message:
             nonlocal pending
@@ -239,14 +247,10 @@ class StabilizerMiddleware:
 
         async def lifespan_send(message: Message) -> None:
             kind = message.get("type")
-            if kind in _LAST_MESSAGES and running:
-                try:
-                    await stop()
-                except Exception as exc:
-                    if kind == "lifespan.shutdown.complete":
-                        message = {"type": "lifespan.shutdown.failed", "message": _failure(exc)}
-                    else:
-                        logger.exception("stabilizer_asgi could not stop cleanly")
+            if kind in _LAST_MESSAGES:
+                error = await stop()
+                if error is not None and kind == "lifespan.shutdown.complete":
+                    message = {"type": "lifespan.shutdown.failed", "message": _failure(error)}
             await send(message)
 
         try:

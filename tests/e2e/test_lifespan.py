@@ -25,6 +25,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from stabilizer_asgi import StabilizerMiddleware
+from stabilizer_asgi.backends import MemoryBackend
 from stabilizer_asgi.types import ASGIApp, Receive, Scope, Send
 
 SECRET = "lifespan-tests-secret-0123456789abcdef"
@@ -257,3 +258,52 @@ def test_a_config_error_without_lifespan_fails_every_request_loudly() -> None:
         level == "ERROR" and "did you mean 'heartbeat_interval'?" in exc
         for level, _, exc in run.log
     ), run.log
+
+
+# ---------------------------------------------------------------------- our own start and stop
+
+
+class FailingBackend(MemoryBackend):
+    """The memory backend, made to fail in `start` or `stop`."""
+
+    def __init__(self, fail_in: str) -> None:
+        super().__init__()
+        self.fail_in = fail_in
+        self.calls: list[str] = []
+
+    async def start(self, deliver: Any) -> None:
+        self.calls.append("start")
+        if self.fail_in == "start":
+            raise ConnectionError("backend unreachable")
+        await super().start(deliver)
+
+    async def stop(self) -> None:
+        self.calls.append("stop")
+        if self.fail_in == "stop":
+            raise ConnectionError("backend would not close")
+        await super().stop()
+
+
+@pytest.mark.parametrize("lifespan", ["on", "auto"])
+def test_our_start_and_stop_run_with_lifespan_and_their_failures_are_reported(
+    lifespan: str,
+) -> None:
+    """The backend starts at lifespan startup and stops at shutdown; if it cannot start,
+    uvicorn refuses to start with the reason; if it cannot stop, shutdown fails with it."""
+    ok = FailingBackend("")
+    run = run_uvicorn(StabilizerMiddleware(raw_app(), secret=SECRET, backend=ok), lifespan)
+    assert run.started and ok.calls == ["start", "stop"]
+    assert not any(level == "ERROR" for level, _, _ in run.log), run.log
+
+    broken = FailingBackend("start")
+    app = StabilizerMiddleware(raw_app(), secret=SECRET, backend=broken)
+    run = run_uvicorn(app, lifespan)
+    assert not run.started and run.exit_status == 3 and broken.calls == ["start"]
+    assert ("ERROR", "stabilizer_asgi: ConnectionError: backend unreachable", "") in run.log
+    assert ("ERROR", "Application startup failed. Exiting.", "") in run.log
+
+    stuck = FailingBackend("stop")
+    run = run_uvicorn(StabilizerMiddleware(raw_app(), secret=SECRET, backend=stuck), lifespan)
+    assert run.started and stuck.calls == ["start", "stop"] and run.flags["shutdown_failed"]
+    assert ("ERROR", "stabilizer_asgi: ConnectionError: backend would not close", "") in run.log
+    assert ("ERROR", "Application shutdown failed. Exiting.", "") in run.log
