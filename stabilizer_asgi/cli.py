@@ -454,8 +454,10 @@ def find_manager(app: object) -> Stabilizer | None:
         if obj is None or id(obj) in seen:
             continue
         seen.add(id(obj))
-        if isinstance(obj, StabilizerMiddleware):
-            return obj.manager
+        # A middleware whose settings were refused in a running loop has no manager.
+        manager = getattr(obj, "manager", None) if isinstance(obj, StabilizerMiddleware) else None
+        if isinstance(manager, Stabilizer):
+            return manager
         todo.append(getattr(obj, "middleware_stack", None))
         todo.append(getattr(obj, "app", None))
     return None

@@ -37,7 +37,9 @@ class StabilizerMiddleware:
 
     `app.add_middleware(StabilizerMiddleware, heartbeat_interval=25)` or
     `StabilizerMiddleware(app, config=StabilizerConfig(...))`; pass `manager=` to share a
-    `Stabilizer` you created yourself (e.g. to broadcast from a background job).
+    `Stabilizer` you created yourself (e.g. to broadcast from a background job). Bad settings
+    raise `ConfigError`, except when the middleware is built inside a running event loop (by
+    Starlette's lazy middleware stack): then lifespan startup fails with the error's message.
     """
 
     # `app` is positional-only: with `**kwargs` beside it, type checkers would otherwise refuse
