@@ -189,6 +189,7 @@ class StabilizerMiddleware:
                 # A new run of the same app object (e.g. one `TestClient(app)` per test) serves
                 # again: the previous run's shutdown must not keep refusing every handshake.
                 manager._draining = False
+                routes.warn_unprotected(manager)
             elif kind == "lifespan.shutdown":
                 # Servers that send this before closing sockets get a graceful shutdown here.
                 await manager.shutdown()

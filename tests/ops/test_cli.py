@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import signal
@@ -29,7 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from stabilizer_asgi import StabilizerConfig, StabilizerMiddleware, cli
 from stabilizer_asgi import logging as slog
 
-from .support import LOOPBACK, control, make_app
+from .support import LOOPBACK, captured_logs, control, make_app
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.ops.support:make_app"
@@ -518,3 +519,35 @@ async def test_workers_each_drain_on_sigterm(sidecars: list[Sidecar], anyio_back
     drained = sidecar.events(slog.DRAINED)
     assert {line["process"] for line in drained} == pids
     assert sum(line["closed"] for line in drained) == len(clients)
+
+
+@pytest.mark.parametrize(
+    ("trusted", "warned"), [("*", True), ("10.0.0.1, *", True), ("127.0.0.1", False), (None, False)]
+)
+def test_trusting_every_proxy_logs_a_warning(trusted: str | None, warned: bool) -> None:
+    """`--forwarded-allow-ips '*'` (alone or in a list) logs one WARNING sentence; a list of
+    proxies does not."""
+    with captured_logs() as logs:
+        cli.warn_trust_all(trusted)
+    records = [r for r in logs.records if getattr(r, "event", None) == cli.TRUST_ALL_PROXIES]
+    assert len(records) == (1 if warned else 0)
+    if warned:
+        assert records[0].levelno == logging.WARNING
+        assert records[0].getMessage().startswith("--forwarded-allow-ips '*' trusts")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_sidecar_warns_about_trusting_every_proxy_and_an_open_admin(
+    sidecars: list[Sidecar], anyio_backend: str
+) -> None:
+    """The real sidecar with `--forwarded-allow-ips '*'` and no admin token logs both startup
+    warnings as JSON lines, and still refuses a spoofed loopback address."""
+    sidecar = Sidecar(APP, "--factory", "--forwarded-allow-ips", "*")
+    sidecars.append(sidecar)
+    assert [line["level"] for line in sidecar.events(cli.TRUST_ALL_PROXIES)] == ["WARNING"]
+    assert [line["level"] for line in sidecar.events("admin_unprotected")] == ["WARNING"]
+    async with httpx.AsyncClient() as http:
+        spoofed = {"X-Forwarded-For": "127.0.0.1"}
+        stats = await http.get(sidecar.http("/_stabilizer/stats"), headers=spoofed)
+        assert stats.status_code == 403

@@ -102,14 +102,16 @@ def test_heartbeat_timeout_fields(client_factory: ClientFactory) -> None:
 def test_rejected_drain_and_shutdown_fields(client_factory: ClientFactory) -> None:
     """`rejected` has reason and remote; `drain_started`, `drained` and `shutdown` have the
     counts and durations of the report."""
-    app = stabilized(max_connections=1)
+    app = stabilized(max_connections=1, admin_token=TOKEN)
     with captured_logs() as logs, client_factory(app, client=LOOPBACK) as client:
         with client.websocket_connect("/echo") as ws:
             with pytest.raises(WebSocketDenialResponse), client.websocket_connect("/echo"):
                 pass  # pragma: no cover
             ws.send_text("x")
             assert ws.receive_text() == "x"
-            report = client.post("/_stabilizer/drain?period=0").json()
+            report = client.post(
+                "/_stabilizer/drain?period=0", headers={"Authorization": f"Bearer {TOKEN}"}
+            ).json()
         with pytest.raises(WebSocketDenialResponse), client.websocket_connect("/echo"):
             pass  # pragma: no cover
     capacity = logs.one(slog.REJECTED, reason="capacity")
