@@ -71,6 +71,7 @@ class Connection:
         "_hb_key",
         "_server_disconnect",
         "_resume_ack",
+        "_resume_generation",
         "_resume_reason",
         "_opened",
         "_app_closed",
@@ -125,6 +126,7 @@ class Connection:
         self._server_disconnect: Message | None = None
         # Set when this connection resumes a detached session: the client's `stabilizer_ack`.
         self._resume_ack: int | None = None
+        self._resume_generation = 0  # the generation of the token it resumed with
         self._resume_reason: str | None = None
         self._opened = False
         self._app_closed = False
@@ -206,6 +208,10 @@ class Connection:
             now = _monotonic()
             session = self.session
             session._last_in = now
+            if not session._token_confirmed and session._conn is self:
+                # A frame on the resumed connection: the client read its hello and holds the
+                # new token, so the previous one is spent for good.
+                session._token_confirmed = True
             text = message.get("text")
             if text is not None:
                 size = _text_size(text)
