@@ -63,9 +63,7 @@ async def test_drain_1000_connections(uvicorn_server: Any) -> None:
     period, every one gets 1012, plain ones are closed spread over the period, the report is
     exact, and health and handshakes answer 503 meanwhile."""
     opted_in, plain, period = 800, 200, 1.0
-    app = stabilized(
-        drain_period=period, heartbeat_interval=60, retry_after=2, admin_token=TOKEN
-    )
+    app = stabilized(drain_period=period, heartbeat_interval=60, retry_after=2, admin_token=TOKEN)
     server = uvicorn_server(app, backlog=2048)
     limit = asyncio.Semaphore(100)
 
