@@ -24,7 +24,13 @@ from .core.limits import ConnectionCounter
 from .core.registry import Registry
 from .core.replay import ReplayBuffer
 from .core.session import Session, SessionState
-from .core.tokens import TokenSigner, after_resume, normalize_secret, spendable
+from .core.tokens import (
+    TokenSigner,
+    UnknownKeyError,
+    after_resume,
+    normalize_secret,
+    spendable,
+)
 from .exceptions import (
     InvalidTokenError,
     MemoryLimitExceededError,
@@ -556,7 +562,8 @@ class Stabilizer:
         except TokenExpiredError:
             return None, 0, "expired"
         except InvalidTokenError as exc:
-            return None, 0, "unknown" if isinstance(exc, _UnknownSession) else "invalid"
+            unknown = isinstance(exc, (_UnknownSession, UnknownKeyError))
+            return None, 0, "unknown" if unknown else "invalid"
         ack = opt_in.resume_ack
         replay = session._replay
         if opt_in.ack_invalid or ack is None or replay is None or ack > replay.sent:

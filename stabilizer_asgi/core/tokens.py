@@ -52,6 +52,14 @@ _KID = re.compile(r"[0-9a-f]{8}")
 _MAC_TEXT = re.compile(r"[A-Za-z0-9_-]+")
 
 
+class UnknownKeyError(InvalidTokenError):
+    """A well-formed token whose key id is not one of ours: signed by another process's key
+    (a restart or another worker without a shared `secret`, a retired key). The server cannot
+    know such a session, so a resume answers `unknown`, not `invalid`. A forger can pick any
+    key id and get the same answer, which tells them nothing: the outcome (a new session) is
+    the same as for `invalid`."""
+
+
 def key_id(key: bytes) -> str:
     """The public id of a key: the first 8 hex digits of its SHA-256 (safe to log)."""
     return hashlib.sha256(key).hexdigest()[:8]
@@ -175,7 +183,7 @@ class TokenSigner:
             raise InvalidTokenError("token has a malformed key id")
         candidates = self._verifying.get(kid)
         if candidates is None:
-            raise InvalidTokenError("token is signed by an unknown key")
+            raise UnknownKeyError("token is signed by an unknown key")
         if len(mac) != _MAC_TEXT_LENGTH or not _MAC_TEXT.fullmatch(mac):
             raise InvalidTokenError("token has a malformed signature")
         given = mac.encode("ascii")

@@ -10,6 +10,7 @@ from stabilizer_asgi.core.tokens import (
     MAX_GENERATION,
     MAX_TOKEN_LENGTH,
     TokenSigner,
+    UnknownKeyError,
     after_resume,
     key_id,
     normalize_secret,
@@ -221,8 +222,17 @@ def test_rotation_old_key_verifies_new_key_signs(session_id: str, generation: in
 def test_retired_key_no_longer_verifies() -> None:
     """Once the old key is dropped from the list, its tokens are rejected as unknown."""
     old_token = TokenSigner([OLD_KEY]).sign(SESSION, 1)
-    with pytest.raises(InvalidTokenError, match="unknown key"):
+    with pytest.raises(UnknownKeyError, match="unknown key"):
         TokenSigner([KEY]).verify(old_token)
+
+
+def test_a_bad_signature_under_a_known_key_is_not_an_unknown_key() -> None:
+    """A token whose key id is ours but whose tag is wrong is tampered, not foreign."""
+    token = TokenSigner([KEY]).sign(SESSION, 1)
+    forged = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
+    with pytest.raises(InvalidTokenError) as info:
+        TokenSigner([KEY]).verify(forged)
+    assert not isinstance(info.value, UnknownKeyError)
 
 
 def test_key_ids_lists_signing_key_first_without_duplicates() -> None:

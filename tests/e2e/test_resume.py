@@ -229,6 +229,21 @@ async def test_bad_resume_requests_get_a_new_session(
         await good.ws.close()
 
 
+async def test_a_token_from_a_restarted_process_without_secret_is_unknown(
+    uvicorn_server: Any,
+) -> None:
+    """Without `secret` each process signs with its own random key: a token from before a
+    restart (another process) is answered `unknown`, as for any session the server lacks."""
+    before = uvicorn_server(make(secret=None))
+    after = uvicorn_server(make(secret=None))
+    peer = await Peer.open(f"ws://127.0.0.1:{before.port}")
+    token = peer.hello["token"]
+    peer.abort()
+    fresh = await Peer.open(f"ws://127.0.0.1:{after.port}", token=token, ack=0)
+    assert fresh.hello["resumed"] is False and fresh.hello["reason"] == "unknown"
+    await fresh.ws.close()
+
+
 async def test_used_token_is_refused(uvicorn_server: Any) -> None:
     """Once the client sent a frame on the resumed connection, the token it resumed with is
     spent: a replay of it gets a new session with reason "invalid"."""
