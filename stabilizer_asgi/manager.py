@@ -110,6 +110,9 @@ class Stabilizer:
         self._reg_seq = 0
         self._started = _monotonic()
         self._rtts: deque[float] = deque(maxlen=2048)
+        # Connections whose app took frames not yet acknowledged to the client: acknowledged at
+        # the next housekeeping tick. At most one entry per live connection; emptied every tick.
+        self._ack_due: set[Connection] = set()
         self.counters: dict[str, int] = {}
         # The server's own websocket message limit (uvicorn: `ws_max_size`), read from the
         # first connection's `receive` (see `_probe_server`); None while not known.
@@ -488,6 +491,10 @@ class Stabilizer:
             # on one) is then taken there, not a tick later because of the loop's latency.
             # A late loop catches up one tick per turn.
             now = wake
+            if self._ack_due:
+                due, self._ack_due = self._ack_due, set()
+                for conn in due:
+                    conn.send_ack()
             if self._detached:
                 self._sweep(now)
             for conn in wheel.pop_due(now):
@@ -777,6 +784,9 @@ class Stabilizer:
             expired=expired,
         )
         self._hook("on_disconnect", session)
+
+    def _ack_soon(self, conn: Connection) -> None:
+        self._ack_due.add(conn)
 
     def _aborted(self, conn: Connection, code: int, reason: str) -> None:
         self._count(f"closed_{code}")

@@ -188,8 +188,18 @@ class Connection:
                 or session._unacked_in_bytes * 4 >= cfg.replay_buffer_bytes
             ):
                 # Let the client trim its replay buffer well before it can overflow.
-                session._unacked_in = session._unacked_in_bytes = 0
-                self._offer_control(wire.encode_control("ack", n=session.frames_in))
+                self.send_ack()
+            elif session._unacked_in == 1:
+                # Otherwise acknowledge within a housekeeping tick, so what the client reports
+                # as unconfirmed after a resync is only what the app may really not have taken.
+                self._mgr._ack_soon(self)
+
+    def send_ack(self) -> None:
+        """Tell the client how many of its data frames the app has taken (if any are new)."""
+        session = self.session
+        if session._unacked_in and session._conn is self:
+            session._unacked_in = session._unacked_in_bytes = 0
+            self._offer_control(wire.encode_control("ack", n=session.frames_in))
 
     def _take_carried(self) -> Message:
         """A frame read off the session's previous connection that its app never took."""

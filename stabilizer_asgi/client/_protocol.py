@@ -141,8 +141,10 @@ class ResyncEvent:
     """The server could not resume the session and started a new one.
 
     Messages may have been lost in both directions, so the app should refetch its state.
-    ``unacked`` holds the frames that were transmitted on the old session but never acknowledged:
-    the server may or may not have processed them, so they are *not* resent — the app decides.
+    ``unacked`` holds the frames that were transmitted on the old session but never acknowledged.
+    The server acknowledges what its app took within a housekeeping tick (at most 1 s), so frames
+    the app processed earlier are not listed; those listed may or may not have been processed
+    (taken in the last tick, or lost in flight), so they are *not* resent — the app decides.
     Messages that were still waiting to be transmitted are sent on the new session as usual.
     """
 

@@ -14,8 +14,13 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.testclient import TestClient
 
-from stabilizer_asgi import ConfigError, Stabilizer, StabilizerConfig, StabilizerMiddleware
-from stabilizer_asgi import backends
+from stabilizer_asgi import (
+    ConfigError,
+    Stabilizer,
+    StabilizerConfig,
+    StabilizerMiddleware,
+    backends,
+)
 from stabilizer_asgi.config import BACKEND_METHODS
 
 

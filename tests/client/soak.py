@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 import sys
@@ -157,7 +158,7 @@ async def _client(
             await asyncio.sleep(interval * random.uniform(0.5, 1.5))
         # Let the last answers arrive (they may still be replayed after a reset).
         deadline = time.monotonic() + 15
-        while len(set(answers)) < sent and time.monotonic() < deadline and not resyncs:
+        while len(set(answers)) < sent and time.monotonic() < deadline and not resyncs:  # noqa: ASYNC110 - polls a list the reader fills
             await asyncio.sleep(0.02)
     finally:
         reader.cancel()
@@ -191,7 +192,7 @@ async def soak(
         result.answered += len(set(answers))
         for seen in (taken, answers):
             result.duplicated += len(seen) - len(set(seen))
-            result.out_of_order += sum(1 for a, b in zip(seen, seen[1:]) if b < a)
+            result.out_of_order += sum(1 for a, b in itertools.pairwise(seen) if b < a)
         result.lost += sent - len(set(taken) & set(range(sent)))
         result.lost_answers += len(set(taken) - set(answers))
     return result

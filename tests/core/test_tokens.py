@@ -297,7 +297,7 @@ def test_normalize_rejects_empty_without_leaking(secret: object, shown: str) -> 
     assert isinstance(info.value, ValueError)
 
 
-# ---------------------------------------------------------------------- which generation is spendable
+# ---------------------------------------------------------------- which generation is spendable
 
 
 class _Tokens:
