@@ -172,6 +172,29 @@ async def test_slow_consumer_fields(uvicorn_server: Any, anyio_backend: str) -> 
     assert fields == {"event": "slow_consumer", "client": "sloth"}
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_resumed_names_the_new_connection_s_peer(
+    uvicorn_server: Any, anyio_backend: str
+) -> None:
+    """`resumed` carries the address of the connection that resumed, not of the dropped one."""
+    server = uvicorn_server(stabilized(secret=SECRET))
+    with captured_logs() as logs:
+        first = await connect(server.url("/echo?stabilizer=1"))
+        hello = control(await first.recv())
+        assert hello is not None
+        first.transport.abort()
+        await await_until(lambda: bool(logs.events(slog.DETACHED)))
+        resume = f"/echo?stabilizer=1&stabilizer_resume={hello['token']}&stabilizer_ack=0"
+        async with connect(server.url(resume)) as second:
+            again = control(await second.recv())
+            assert again is not None and again["resumed"] is True
+            await await_until(lambda: bool(logs.events(slog.RESUMED)))
+            port = second.local_address[1]
+    assert first.local_address[1] != port
+    assert tuple(logs.one(slog.RESUMED).remote) == ("127.0.0.1", port)
+
+
 def test_json_formatter_writes_one_object_per_line() -> None:
     """JsonFormatter: time, level, logger, message and every extra field; exceptions too."""
     logger = logging.getLogger("stabilizer_asgi.test_json")
