@@ -429,6 +429,10 @@ class ClientProtocol:
             resend = []
         self._open = True
         self._out.extend(resend)
+        if resumed and not resend and not self._pending:
+            # Any frame proves to the server that this hello arrived; until one does, the token
+            # this connection resumed with stays valid (for the retry after a lost hello).
+            self._control("ack", n=self.received)
         while self._pending:
             self._transmit(self._pending.popleft())
         self._last_inbound = self._last_outbound = now
