@@ -111,7 +111,8 @@ class Stabilizer:
         self._started = _monotonic()
         self._rtts: deque[float] = deque(maxlen=2048)
         # Connections whose app took frames not yet acknowledged to the client: acknowledged at
-        # the next housekeeping tick. At most one entry per live connection; emptied every tick.
+        # the next housekeeping tick. At most one entry per live connection (left at close);
+        # emptied every tick.
         self._ack_due: set[Connection] = set()
         self.counters: dict[str, int] = {}
         # The server's own websocket message limit (uvicorn: `ws_max_size`), read from the
@@ -689,6 +690,7 @@ class Stabilizer:
     def _ended(self, conn: Connection) -> None:
         """The app returned: the session ends, or stays resumable after an abnormal drop."""
         conn.finish()
+        self._ack_due.discard(conn)  # a closed connection is held by nothing of ours
         session = conn.session
         self._connecting.pop(session.id, None)
         if session._conn is not conn:
