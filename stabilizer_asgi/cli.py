@@ -218,15 +218,17 @@ _FIELD_HELP = {
     "health_path": "health route ('none' disables it)",
     "drain_path": "drain route, POST only ('none' disables it)",
     "client_js_path": "browser client route ('none' disables it)",
-    "admin_token": "bearer token for the stats and drain routes (default: loopback clients "
-    "only). Prefer the environment variable",
+    "admin_token": "bearer token for the stats and drain routes (default: none, so drain is "
+    "refused over HTTP and stats answer only direct loopback requests). Prefer the environment "
+    "variable",
     "drain_period": "seconds over which a drain spreads reconnect hints and closes",
     "retry_after": "Retry-After seconds on 503 answers while draining or full",
     "on_connect": "MODULE:ASYNC_CALLABLE run with the session after each accept",
     "on_disconnect": "MODULE:ASYNC_CALLABLE run with the session when it ends",
     "on_timeout": "MODULE:ASYNC_CALLABLE run with the session on a heartbeat timeout",
     "on_resume": "MODULE:ASYNC_CALLABLE run with the session when it is resumed",
-    "backend": "'memory' (other backends are objects, passed from Python)",
+    "backend": "'memory', or the URL of an installed URL backend (README: Backends); other "
+    "backends are objects, passed from Python",
 }
 
 _SECRET_FIELDS = ("secret", "admin_token")
@@ -307,7 +309,8 @@ SERVER_OPTIONS = (
     Option("ws_ping_timeout", _optional_seconds, 20.0, "uvicorn's own protocol-level ping "
            "timeout ('none': off)", "a number >= 0 or 'none'", config=False),
     Option("forwarded_allow_ips", _optional(str), None, "comma-separated proxy addresses "
-           "trusted for X-Forwarded-For ('*': all; default: 127.0.0.1 or $FORWARDED_ALLOW_IPS)",
+           "trusted for X-Forwarded-For ('*': every peer, which logs a warning; default: "
+           "127.0.0.1 or $FORWARDED_ALLOW_IPS)",
            "addresses or 'none'", config=False),
     Option("root_path", str, "", "ASGI root_path when served under a path prefix", "a path",
            config=False),
@@ -726,6 +729,23 @@ def _configure_logging(level: str, fmt: str) -> None:
         logging.captureWarnings(True)  # a `warnings.warn` line would not be JSON either
 
 
+TRUST_ALL_PROXIES = "trust_all_proxies"
+"""WARNING at startup: `--forwarded-allow-ips '*'` (event name)."""
+
+
+def warn_trust_all(trusted: str | list[str] | None) -> None:
+    """Warn when every peer may set the client address through X-Forwarded-For."""
+    items = trusted.split(",") if isinstance(trusted, str) else list(trusted or ())
+    if "*" in (item.strip() for item in items):
+        logger.warning(
+            "--forwarded-allow-ips '*' trusts X-Forwarded-For from every peer: any client can "
+            "claim any address, which defeats max_connections_per_ip and makes client addresses "
+            "in logs untrustworthy. List only your proxies' addresses unless every connection "
+            "reaches this server through a proxy that overwrites the header.",
+            extra={"event": TRUST_ALL_PROXIES},
+        )
+
+
 def serve(settings: ServeSettings, app: Any = None) -> int:
     """Run the app under uvicorn until a signal; the exit status."""
     s = settings.server
@@ -748,6 +768,8 @@ def serve(settings: ServeSettings, app: Any = None) -> int:
         lifespan="auto",
         **limits,
     )
+    # After the config: building it applied the log config, so the warning is formatted too.
+    warn_trust_all(config.forwarded_allow_ips)
     if s["workers"] == 1:
         server = DrainingServer(config)
         server.run()

@@ -10,7 +10,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from .backends import BACKEND_METHODS, check_backend
 from .exceptions import ConfigError
+
+__all__ = ["BACKEND_METHODS", "StabilizerConfig"]
 
 if TYPE_CHECKING:
     from .core.session import Session
@@ -24,9 +27,6 @@ DuplicatePolicy = Literal["allow", "replace", "reject"]
 Secret = str | bytes | Sequence[str | bytes]
 
 MIB = 1024 * 1024
-# What a backend object must provide (`backends.base.Backend`), checked at construction so a
-# missing method fails here rather than at the first resume.
-BACKEND_METHODS = ("start", "stop", "publish", "save_session", "load_session", "delete_session")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,19 +132,7 @@ class StabilizerConfig:
                 or inspect.iscoroutinefunction(getattr(hook, "__call__", None))  # noqa: B004
             ):
                 raise ConfigError(name, hook, "None or an async callable (session) -> None")
-        backend = self.backend
-        if isinstance(backend, str):
-            if backend != "memory" and not backend.startswith(("redis://", "rediss://", "unix://")):
-                raise ConfigError(
-                    "backend", backend, "'memory', a redis:// URL or a backend object"
-                )
-        elif not all(callable(getattr(backend, m, None)) for m in BACKEND_METHODS):
-            raise ConfigError(
-                "backend",
-                backend,
-                "'memory', a redis:// URL or a backend object with methods "
-                + ", ".join(BACKEND_METHODS),
-            )
+        check_backend(self.backend)  # the same check the manager's create_backend makes
 
     @classmethod
     def from_kwargs(cls, config: StabilizerConfig | None = None, **kwargs: Any) -> StabilizerConfig:

@@ -24,7 +24,13 @@ from .core.limits import ConnectionCounter
 from .core.registry import Registry
 from .core.replay import ReplayBuffer
 from .core.session import Session, SessionState
-from .core.tokens import TokenSigner, normalize_secret
+from .core.tokens import (
+    TokenSigner,
+    UnknownKeyError,
+    after_resume,
+    normalize_secret,
+    spendable,
+)
 from .exceptions import (
     InvalidTokenError,
     MemoryLimitExceededError,
@@ -106,6 +112,10 @@ class Stabilizer:
         self._reg_seq = 0
         self._started = _monotonic()
         self._rtts: deque[float] = deque(maxlen=2048)
+        # Connections whose app took frames not yet acknowledged to the client: acknowledged at
+        # the next housekeeping tick. At most one entry per live connection (left at close);
+        # emptied every tick.
+        self._ack_due: set[Connection] = set()
         self.counters: dict[str, int] = {}
         # The server's own websocket message limit (uvicorn: `ws_max_size`), read from the
         # first connection's `receive` (see `_probe_server`); None while not known.
@@ -525,6 +535,10 @@ class Stabilizer:
             # on one) is then taken there, not a tick later because of the loop's latency.
             # A late loop catches up one tick per turn.
             now = wake
+            if self._ack_due:
+                due, self._ack_due = self._ack_due, set()
+                for conn in due:
+                    conn.send_ack()
             if self._detached:
                 self._sweep(now)
             for conn in wheel.pop_due(now):
@@ -570,58 +584,63 @@ class Stabilizer:
 
     def _open_session(
         self, opt_in: wire.OptIn, client_id: str | None, remote: tuple[str, int] | None
-    ) -> tuple[Session, int | None, str | None]:
-        """The session for a new connection: `(session, resume_ack, reason)`.
+    ) -> tuple[Session, tuple[int, int] | None, str | None]:
+        """The session for a new connection: `(session, resume, reason)`.
 
         With a valid resume request the detached (or half-open) session is claimed for this
-        connection and `resume_ack` is the client's `stabilizer_ack`; otherwise a new session is
-        made and `reason` says why the old one could not be resumed (None if none was asked for).
+        connection and `resume` is `(the client's stabilizer_ack, the token's generation)`;
+        otherwise a new session is made and `reason` says why the old one could not be resumed
+        (None if none was asked for).
         """
         reason = None
         if opt_in.opted_in and opt_in.resume_token is not None:
-            session, reason = self._claim(opt_in)
+            session, generation, reason = self._claim(opt_in)
             if session is not None:
                 assert opt_in.resume_ack is not None
-                return session, opt_in.resume_ack, None
+                session.remote = remote  # the `resumed` record names the new connection's peer
+                return session, (opt_in.resume_ack, generation), None
             self._count("resume_failed_" + reason)
         return self._new_session(client_id, opt_in.opted_in, remote), None, reason
 
-    def _claim(self, opt_in: wire.OptIn) -> tuple[Session | None, str]:
+    def _claim(self, opt_in: wire.OptIn) -> tuple[Session | None, int, str]:
         """Check a resume request against the session it names; take the session over if it
-        can be resumed exactly. Nothing about the session changes when it cannot."""
+        can be resumed exactly: `(session, token generation, "")`, else `(None, 0, reason)`.
+        Nothing about the session changes when it cannot."""
         if not self._resumable:
-            return None, "unknown"
+            return None, 0, "unknown"
         try:
-            session = self._check_token(opt_in.resume_token)
+            session, generation = self._check_token(opt_in.resume_token)
         except TokenExpiredError:
-            return None, "expired"
+            return None, 0, "expired"
         except InvalidTokenError as exc:
-            return None, "unknown" if isinstance(exc, _UnknownSession) else "invalid"
+            unknown = isinstance(exc, (_UnknownSession, UnknownKeyError))
+            return None, 0, "unknown" if unknown else "invalid"
         ack = opt_in.resume_ack
         replay = session._replay
         if opt_in.ack_invalid or ack is None or replay is None or ack > replay.sent:
-            return None, "invalid"
+            return None, 0, "invalid"
         if replay.since(ack) is None:
-            return None, "gap"
+            return None, 0, "gap"
         old = session._conn
         if old is not None:
             # The previous connection is still open here (half-open, or the client gave up on
             # it first): it is superseded, and whatever it read but its app never took moves on.
             if old._phase == 0:  # CONNECTING: another resume of this session is in progress
-                return None, "invalid"
+                return None, 0, "invalid"
             self._detach(old)
             old._abort(1000, "session resumed on another connection")
         session._ack_out(ack)
-        return session, ""
+        return session, generation, ""
 
-    def _check_token(self, token: object) -> Session:
+    def _check_token(self, token: object) -> tuple[Session, int]:
+        """The session a token may resume now and the token's generation; raises otherwise."""
         session_id, generation = self._signer.verify(token)
         session = self._registry.get(session_id)
         if session is None:
             if session_id in self._tombstones:
                 raise TokenExpiredError("the session's resume window has passed")
             raise _UnknownSession("no such session")
-        if generation != session._generation:
+        if not spendable(session._generation, session._token_confirmed, generation):
             raise InvalidTokenError("token already used")
         if session.state is SessionState.DETACHED:
             detached_at = session._detached_at
@@ -629,7 +648,7 @@ class Stabilizer:
                 raise TokenExpiredError("the session's resume window has passed")
         elif session.state is not SessionState.CONNECTED:
             raise _UnknownSession("session is closed")
-        return session
+        return session, generation
 
     async def _accepted(self, conn: Connection) -> None:
         """The app accepted: register the session, start its heartbeat, greet an opted-in client."""
@@ -647,7 +666,8 @@ class Stabilizer:
                 conn._abort(1013, "resume gap, reconnect")
                 return
             replay = frames
-            session._generation += 1
+            session._generation = after_resume(session._generation, conn._resume_generation)
+            session._token_confirmed = False
             session._detached_at = None
             session.resumed = True
             session.close_code = None
@@ -703,16 +723,17 @@ class Stabilizer:
         )
         self._hook("on_connect", session)
 
-    def _bind(self, conn: Connection, resume_ack: int | None, reason: str | None) -> None:
+    def _bind(self, conn: Connection, resume: tuple[int, int] | None, reason: str | None) -> None:
         """Attach a new connection to the session `_open_session` chose for it."""
-        conn._resume_ack = resume_ack
         conn._resume_reason = reason
-        if resume_ack is not None:
+        if resume is not None:
+            conn._resume_ack, conn._resume_generation = resume
             conn.session._conn = conn  # claimed: frames sent meanwhile wait for the replay
 
     def _ended(self, conn: Connection) -> None:
         """The app returned: the session ends, or stays resumable after an abnormal drop."""
         conn.finish()
+        self._ack_due.discard(conn)  # a closed connection is held by nothing of ours
         session = conn.session
         self._connecting.pop(session.id, None)
         if session._conn is not conn:
@@ -808,6 +829,9 @@ class Stabilizer:
             expired=expired,
         )
         self._hook("on_disconnect", session)
+
+    def _ack_soon(self, conn: Connection) -> None:
+        self._ack_due.add(conn)
 
     def _aborted(self, conn: Connection, code: int, reason: str) -> None:
         self._count(f"closed_{code}")
@@ -919,7 +943,7 @@ class Stabilizer:
     async def validate_token(self, token: str) -> str:
         """The session id a token resumes; `InvalidTokenError` (tampered, foreign key, used,
         unknown session) or `TokenExpiredError` (resume window passed) otherwise."""
-        return self._check_token(token).id
+        return self._check_token(token)[0].id
 
 
 class _UnknownSession(InvalidTokenError):

@@ -71,6 +71,7 @@ class Connection:
         "_hb_key",
         "_server_disconnect",
         "_resume_ack",
+        "_resume_generation",
         "_resume_reason",
         "_opened",
         "_app_closed",
@@ -125,6 +126,7 @@ class Connection:
         self._server_disconnect: Message | None = None
         # Set when this connection resumes a detached session: the client's `stabilizer_ack`.
         self._resume_ack: int | None = None
+        self._resume_generation = 0  # the generation of the token it resumed with
         self._resume_reason: str | None = None
         self._opened = False
         self._app_closed = False
@@ -186,8 +188,18 @@ class Connection:
                 or session._unacked_in_bytes * 4 >= cfg.replay_buffer_bytes
             ):
                 # Let the client trim its replay buffer well before it can overflow.
-                session._unacked_in = session._unacked_in_bytes = 0
-                self._offer_control(wire.encode_control("ack", n=session.frames_in))
+                self.send_ack()
+            elif session._unacked_in == 1:
+                # Otherwise acknowledge within a housekeeping tick, so what the client reports
+                # as unconfirmed after a resync is only what the app may really not have taken.
+                self._mgr._ack_soon(self)
+
+    def send_ack(self) -> None:
+        """Tell the client how many of its data frames the app has taken (if any are new)."""
+        session = self.session
+        if session._unacked_in and session._conn is self:
+            session._unacked_in = session._unacked_in_bytes = 0
+            self._offer_control(wire.encode_control("ack", n=session.frames_in))
 
     def _take_carried(self) -> Message:
         """A frame read off the session's previous connection that its app never took."""
@@ -206,6 +218,10 @@ class Connection:
             now = _monotonic()
             session = self.session
             session._last_in = now
+            if not session._token_confirmed and session._conn is self:
+                # A frame on the resumed connection: the client read its hello and holds the
+                # new token, so the previous one is spent for good.
+                session._token_confirmed = True
             text = message.get("text")
             if text is not None:
                 size = _text_size(text)

@@ -11,6 +11,7 @@ import logging
 from ..exceptions import ConfigError
 from ..manager import Stabilizer
 from ..types import ASGIApp, Message, Receive, Scope, Send
+from . import routes
 
 logger = logging.getLogger("stabilizer_asgi")
 
@@ -47,6 +48,7 @@ async def run(
         except Exception as exc:
             await send({"type": "lifespan.startup.failed", "message": _failure(exc)})
             raise
+        routes.warn_unprotected(manager)  # here, once the server has configured logging
     pending: Message | None = first
 
     async def stop() -> Exception | None:

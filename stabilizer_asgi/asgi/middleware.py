@@ -147,9 +147,9 @@ class StabilizerMiddleware:
             remote = (client[0], client[1]) if client else None
             if not manager._server_probed:
                 manager._probe_server(receive)
-            session, resume_ack, resume_reason = manager._open_session(opt_in, client_id, remote)
+            session, resume, resume_reason = manager._open_session(opt_in, client_id, remote)
             conn = Connection(manager, session, receive, send, control=control, heartbeat=heartbeat)
-            manager._bind(conn, resume_ack, resume_reason)
+            manager._bind(conn, resume, resume_reason)
         except BaseException:
             manager._release(ip)
             raise

@@ -1,7 +1,9 @@
 """The middleware's own HTTP routes: stats, health, drain and the browser client.
 
-They are answered here and never reach the app. Stats and drain need `admin_token` as a
-bearer token, or, when no token is set, a loopback client.
+They are answered here and never reach the app. Every admin route checks access through one
+helper, `admin_access`: with `admin_token` set, `Authorization: Bearer <token>` (constant-time);
+without it, read-only routes answer only a direct loopback request (no forwarding header) and
+destructive ones (drain) answer nobody over HTTP.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -22,6 +25,27 @@ if TYPE_CHECKING:
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 _MAX_PERIOD = 3600.0
+logger = logging.getLogger("stabilizer_asgi")
+
+ADMIN_UNPROTECTED = "admin_unprotected"
+"""WARNING at startup: admin routes are served without `admin_token` (event name)."""
+
+# Headers a proxy adds when it passes a request on. A request carrying any of them did not come
+# straight from a local process, whatever the ASGI `client` says (a proxy on the same host, or a
+# server that rewrote `client` from a header the caller chose).
+FORWARDING_HEADERS = frozenset(
+    {
+        b"forwarded",
+        b"via",
+        b"x-real-ip",
+        b"x-client-ip",
+        b"true-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-cluster-client-ip",
+        b"x-original-forwarded-for",
+    }
+)
 
 
 async def respond(
@@ -55,6 +79,7 @@ async def _error(send: Send, status: int, message: str, **extra: Any) -> None:
 
 
 def is_loopback(scope: Scope) -> bool:
+    """Whether the ASGI `client` address is a loopback one (says nothing about proxies)."""
     client = scope.get("client")
     if not client:
         return False
@@ -74,13 +99,45 @@ def _bearer(scope: Scope) -> bytes | None:
     return None
 
 
-async def _authorized(manager: Stabilizer, scope: Scope, send: Send) -> bool:
-    """Check admin access; on refusal the 401/403 response has been sent."""
+def is_forwarded(scope: Scope) -> bool:
+    """Whether the request carries a forwarding header (`Forwarded`, `X-Forwarded-*`, ...)."""
+    for name, _ in scope.get("headers") or ():
+        name = name.lower()
+        if name in FORWARDING_HEADERS or name.startswith(b"x-forwarded-"):
+            return True
+    return False
+
+
+async def admin_access(
+    manager: Stabilizer, scope: Scope, send: Send, *, destructive: bool = False
+) -> bool:
+    """Whether an admin request may proceed; on refusal the 401/403 answer has been sent.
+
+    The one access check of every admin route (stats, drain, and any later read-only route
+    such as metrics or a dashboard). With `admin_token` set: `Authorization: Bearer <token>`,
+    compared in constant time, from anywhere. Without it: a `destructive` route is refused to
+    everyone over HTTP (drain through SIGTERM or the manager API instead), and a read-only
+    route answers only a direct loopback request carrying no forwarding header — a proxy on
+    the same host makes every remote request look local, so any sign of one refuses.
+    """
     expected = manager.config.admin_token
     if expected is None:
-        if is_loopback(scope):
+        if destructive:
+            await _error(
+                send,
+                403,
+                "this admin route needs admin_token; without it, drain through the sidecar's "
+                "SIGTERM or the manager API",
+            )
+            return False
+        if is_loopback(scope) and not is_forwarded(scope):
             return True
-        await _error(send, 403, "admin routes are loopback-only while admin_token is not set")
+        await _error(
+            send,
+            403,
+            "admin routes are loopback-only while admin_token is not set, and refuse "
+            "requests that came through a proxy",
+        )
         return False
     token = _bearer(scope)
     if token is None:
@@ -90,6 +147,23 @@ async def _authorized(manager: Stabilizer, scope: Scope, send: Send) -> bool:
         await _error(send, 403, "invalid bearer token")
         return False
     return True
+
+
+def warn_unprotected(manager: Stabilizer) -> None:
+    """Log that admin routes are served without `admin_token` (called at lifespan startup,
+    once logging is configured)."""
+    cfg = manager.config
+    paths = [path for path in (cfg.stats_path, cfg.drain_path) if path is not None]
+    if cfg.admin_token is not None or not paths:
+        return
+    logger.warning(
+        "Admin routes %s are served without admin_token: they answer only direct loopback "
+        "requests, drain is refused over HTTP, and a proxy on this host that adds no forwarding "
+        "header makes remote requests look local. Set admin_token, or block these paths at "
+        "the proxy.",
+        ", ".join(paths),
+        extra={"event": ADMIN_UNPROTECTED, "paths": paths},
+    )
 
 
 def _period(scope: Scope) -> float | str | None:
@@ -130,7 +204,7 @@ def build(manager: Stabilizer) -> dict[str, Handler]:
             if method not in ("GET", "HEAD"):
                 await _error(send, 405, "method not allowed", allow="GET, HEAD")
                 return
-            if await _authorized(manager, scope, send):
+            if await admin_access(manager, scope, send):
                 await respond(send, 200, _json(manager.stats()), head=method == "HEAD")
 
         table[cfg.stats_path] = stats
@@ -138,22 +212,22 @@ def build(manager: Stabilizer) -> dict[str, Handler]:
     if cfg.health_path is not None:
 
         async def health(scope: Scope, receive: Receive, send: Send) -> None:
+            # Public (load balancers, probes): it says whether to route here and nothing else —
+            # no counts, versions or config an anonymous caller could learn from.
             method = scope.get("method", "GET")
             if method not in ("GET", "HEAD"):
                 await _error(send, 405, "method not allowed", allow="GET, HEAD")
                 return
             if manager.draining:
-                body = {"status": "draining", "connections": manager.count()}
                 await respond(
                     send,
                     503,
-                    _json(body),
+                    b'{"status":"draining"}',
                     head=method == "HEAD",
                     headers=[(b"retry-after", str(cfg.retry_after).encode())],
                 )
             else:
-                body = {"status": "ok", "connections": manager.count()}
-                await respond(send, 200, _json(body), head=method == "HEAD")
+                await respond(send, 200, b'{"status":"ok"}', head=method == "HEAD")
 
         table[cfg.health_path] = health
 
@@ -164,7 +238,7 @@ def build(manager: Stabilizer) -> dict[str, Handler]:
                 await _error(send, 405, "method not allowed", allow="POST")
                 return
             await _drain_body(receive)
-            if not await _authorized(manager, scope, send):
+            if not await admin_access(manager, scope, send, destructive=True):
                 return
             period = _period(scope)
             if isinstance(period, str):

@@ -141,8 +141,10 @@ class ResyncEvent:
     """The server could not resume the session and started a new one.
 
     Messages may have been lost in both directions, so the app should refetch its state.
-    ``unacked`` holds the frames that were transmitted on the old session but never acknowledged:
-    the server may or may not have processed them, so they are *not* resent — the app decides.
+    ``unacked`` holds the frames that were transmitted on the old session but never acknowledged.
+    The server acknowledges what its app took within a housekeeping tick (at most 1 s), so frames
+    the app processed earlier are not listed; those listed may or may not have been processed
+    (taken in the last tick, or lost in flight), so they are *not* resent — the app decides.
     Messages that were still waiting to be transmitted are sent on the new session as usual.
     """
 
@@ -427,6 +429,10 @@ class ClientProtocol:
             resend = []
         self._open = True
         self._out.extend(resend)
+        if resumed and not resend and not self._pending:
+            # Any frame proves to the server that this hello arrived; until one does, the token
+            # this connection resumed with stays valid (for the retry after a lost hello).
+            self._control("ack", n=self.received)
         while self._pending:
             self._transmit(self._pending.popleft())
         self._last_inbound = self._last_outbound = now

@@ -131,6 +131,7 @@ class Session:
         "_seq",
         "_detached_at",
         "_generation",
+        "_token_confirmed",
         "_ping_at",
         "_ping_ts",
         "_replay",
@@ -179,6 +180,9 @@ class Session:
         self._seq = 0
         self._detached_at: float | None = None
         self._generation = 0
+        # Whether the client proved it holds the token of `_generation` (see core/tokens.py):
+        # until then the previous generation may resume once more.
+        self._token_confirmed = True
         self._ping_at: float | None = None
         self._ping_ts: int | None = None
         # Resume (opted-in sessions): server→client frames not yet acknowledged by the client,

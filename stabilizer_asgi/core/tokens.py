@@ -5,9 +5,19 @@ session's token generation in decimal, the id of the signing key (first 8 hex di
 SHA-256) and the HMAC-SHA256 tag in unpadded URL-safe base64. Every character is in
 ``A-Za-z0-9-_.``, so a token travels in a query string as is.
 
-This module only signs and verifies. Single use (the manager stores the current generation of each
-session and bumps it when a token is spent) and expiry (the manager stores when the session was
-detached) are enforced by the caller.
+This module signs and verifies, and decides which generations a resume may spend
+(`spendable`, `after_resume`); the manager stores each session's generation and whether the
+client has confirmed its latest token, and enforces expiry (it stores when the session was
+detached).
+
+Single use, and the one exception. A token is spent when a resume with it is accepted: the
+generation moves on and the resumed connection's `hello` carries the next token. That `hello`
+can be lost — the connection drops before the client reads it — and the client's retry then
+carries the only token it has, the one just spent. So the previous generation stays spendable
+until the client proves it holds the new one (any frame from it on the resumed connection), and
+a retry with it resumes the session again and is sent the same new token. It never lets two
+connections hold the session: like any resume, it takes the session over from the connection
+it was resumed on, which is closed.
 """
 
 from __future__ import annotations
@@ -40,6 +50,14 @@ _SESSION_ID = re.compile(r"[A-Za-z0-9_-]+")
 _GENERATION = re.compile(r"0|[1-9][0-9]*")
 _KID = re.compile(r"[0-9a-f]{8}")
 _MAC_TEXT = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class UnknownKeyError(InvalidTokenError):
+    """A well-formed token whose key id is not one of ours: signed by another process's key
+    (a restart or another worker without a shared `secret`, a retired key). The server cannot
+    know such a session, so a resume answers `unknown`, not `invalid`. A forger can pick any
+    key id and get the same answer, which tells them nothing: the outcome (a new session) is
+    the same as for `invalid`."""
 
 
 def key_id(key: bytes) -> str:
@@ -165,7 +183,7 @@ class TokenSigner:
             raise InvalidTokenError("token has a malformed key id")
         candidates = self._verifying.get(kid)
         if candidates is None:
-            raise InvalidTokenError("token is signed by an unknown key")
+            raise UnknownKeyError("token is signed by an unknown key")
         if len(mac) != _MAC_TEXT_LENGTH or not _MAC_TEXT.fullmatch(mac):
             raise InvalidTokenError("token has a malformed signature")
         given = mac.encode("ascii")
@@ -176,6 +194,25 @@ class TokenSigner:
             if hmac.compare_digest(expected, given):
                 return session_id, generation
         raise InvalidTokenError("token signature does not match")
+
+
+def spendable(generation: int, confirmed: bool, presented: int) -> bool:
+    """Whether a token of generation `presented` may resume a session now at `generation`.
+
+    The current token always; the previous one while the client has not `confirmed` that it got
+    the current one (the `hello` that carried it may have been lost).
+    """
+    return presented == generation or (not confirmed and presented == generation - 1)
+
+
+def after_resume(generation: int, presented: int) -> int:
+    """The session's generation once a resume with a spendable `presented` token is accepted.
+
+    Spending the current token moves the generation on; a retry with the previous one leaves it,
+    so the client is sent the same new token that its lost `hello` carried. Either way the new
+    generation is unconfirmed until the client sends a frame on the resumed connection.
+    """
+    return generation + 1 if presented == generation else generation
 
 
 def _mac_text(keyed: hmac.HMAC, session_id: str, generation: int, kid: str) -> str:

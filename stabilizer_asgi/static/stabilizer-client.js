@@ -633,6 +633,11 @@ export class StabilizerSocket extends EventTarget {
     this._lastInbound = at;
     this._openedAt = at;
     for (const frame of resend) this._ws.send(frame);
+    if (resumed && resend.length === 0 && this._pending.length === 0) {
+      // Any frame proves to the server that this hello arrived; until one does, the token this
+      // connection resumed with stays valid (for the retry after a lost hello).
+      this._control("ack", { n: this._received });
+    }
     const pending = this._pending;
     this._pending = [];
     for (const frame of pending) this._transmit(frame);

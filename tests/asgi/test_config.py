@@ -14,7 +14,13 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.testclient import TestClient
 
-from stabilizer_asgi import ConfigError, Stabilizer, StabilizerConfig, StabilizerMiddleware
+from stabilizer_asgi import (
+    ConfigError,
+    Stabilizer,
+    StabilizerConfig,
+    StabilizerMiddleware,
+    backends,
+)
 from stabilizer_asgi.config import BACKEND_METHODS
 
 
@@ -176,6 +182,9 @@ def test_invalid_values_raise_config_error(field: str, value: Any) -> None:
     if field in SECRET_FIELDS:
         if isinstance(value, str | bytes) and value.strip():
             assert str(value) not in message  # secrets never appear in errors
+    elif field == "backend" and isinstance(value, str) and "://" in value:
+        # A URL may carry a password: only its scheme is shown.
+        assert repr(value.split("://")[0] + "://...") in message
     else:
         assert repr(value) in message
 
@@ -286,7 +295,6 @@ def test_config_and_manager_combinations() -> None:
         ("stats_path", None, None),
         ("client_js_path", "/static/stab.js", "/static/stab.js"),
         ("on_connect", _async_hook, _async_hook),
-        ("backend", "redis://localhost:6379/0", "redis://localhost:6379/0"),
         ("ping_text", "❤", "❤"),
     ],
 )
@@ -304,10 +312,10 @@ def test_hook_and_backend_objects_are_accepted() -> None:
     assert cfg.on_disconnect is hook and cfg.backend is backend
 
 
-def test_public_view_hides_secrets() -> None:
+def test_public_view_hides_secrets(url_backend: None) -> None:
     """The stats document shows the settings without secrets or backend credentials."""
     cfg = StabilizerConfig(
-        secret="s3cret", admin_token="t0ken", backend="redis://user:pw@host:6379/0"
+        secret="s3cret", admin_token="t0ken", backend="fake://user:pw@host:6379/0"
     )
     public = cfg.public()
     assert public["secret"] == "<set>" and public["admin_token"] == "<set>"
@@ -335,3 +343,53 @@ def test_backend_check_matches_the_backend_protocol() -> None:
     }
     assert set(BACKEND_METHODS) == protocol_methods
     assert StabilizerConfig(backend=MemoryBackend()).backend is not None
+
+
+class _UrlBackend(_Backend):
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+@pytest.fixture
+def url_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """URL schemes as a backend package would register them: `fake://` (its requirement is
+    installed) and `absent://` (its extra is not)."""
+    monkeypatch.setitem(
+        backends.URL_BACKENDS,
+        "fake",
+        backends.UrlBackend("fake", "json", "tests.asgi.test_config:_UrlBackend"),
+    )
+    monkeypatch.setitem(
+        backends.URL_BACKENDS,
+        "absent",
+        backends.UrlBackend("absent", "no_such_module_here", "no_such_module_here:Backend"),
+    )
+
+
+def test_a_url_backend_whose_extra_is_installed_is_accepted_and_built(url_backend: None) -> None:
+    """A URL with a registered scheme whose requirement imports passes the config, and the
+    manager builds that backend from the URL."""
+    cfg = StabilizerConfig(backend="fake://host:1/0")
+    backend = Stabilizer(cfg).backend
+    assert isinstance(backend, _UrlBackend) and backend.url == "fake://host:1/0"
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        (
+            "absent://user:pw@host",
+            "a absent:// URL needs the [absent] extra: pip install 'stabilizer-asgi[absent]'",
+        ),
+        ("postgres://user:pw@host", "'memory', a absent:// or fake:// URL, or a backend object"),
+    ],
+)
+def test_a_url_backend_that_cannot_be_used_fails_at_config_time(
+    url_backend: None, url: str, allowed: str
+) -> None:
+    """An unknown scheme, or a known one whose extra is missing, is a ConfigError from
+    StabilizerConfig itself (what it accepts the manager can build), without the password."""
+    with pytest.raises(ConfigError) as info:
+        StabilizerConfig(backend=url)
+    assert info.value.field == "backend" and info.value.allowed == allowed
+    assert "pw" not in str(info.value)

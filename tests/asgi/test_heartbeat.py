@@ -41,19 +41,24 @@ HEARTBEAT_CLOSE = {"type": "websocket.close", "code": 1011, "reason": "heartbeat
 
 
 def next_data(ws: WebSocketTestSession, ping_text: str = "ping") -> str:
-    """The next text frame that is not a heartbeat ping (a slow test thread may get one)."""
+    """The next text frame that is not a heartbeat ping (a slow test thread may get one) or the
+    server's `ack`."""
     while True:
         frame = ws.receive_text()
         ping = control(frame)
         if ping is not None and ping["t"] == "ping":
             ws.send_text(RS + f'{{"t":"pong","ts":{ping["ts"]},"n":0}}')
+        elif ping is not None and ping["t"] == "ack":
+            continue
         elif frame != ping_text:
             return frame
 
 
 def answer_control_ping(ws: WebSocketTestSession) -> dict[str, Any]:
-    """Wait for the next control ping and answer it; return the ping."""
+    """Wait for the next control ping (past the server's `ack`s) and answer it; return it."""
     ping = control(ws.receive_text())
+    while ping is not None and ping["t"] == "ack":
+        ping = control(ws.receive_text())
     assert ping is not None and ping["t"] == "ping", ping
     ws.send_text(RS + f'{{"t":"pong","ts":{ping["ts"]},"n":0}}')
     return ping

@@ -246,6 +246,16 @@ async () => {
       eq(threw, true, "send after close throws");
     },
 
+    "a resumed hello with nothing to resend is confirmed at once with an ack"() {
+      opened();
+      last().deliver("in1");
+      last().drop(1006);
+      advance(50);
+      last().open();
+      last().deliver(hello({ resumed: true, ack: 0, token: "tok2" }));
+      eq(last().controls(), [{ t: "ack", n: 1 }], "the server learns the hello arrived");
+    },
+
     "resume resends exactly what the server lacks, then what was sent meanwhile"() {
       const { sock, log } = opened();
       for (const m of ["m1", "m2", "m3"]) sock.send(m);

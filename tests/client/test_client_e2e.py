@@ -17,6 +17,8 @@ from .support import RECEIVED, SESSIONS, TcpProxy, break_line, make_server_app
 pytestmark = pytest.mark.anyio
 
 FAST = {"backoff_base": 0.02, "backoff_cap": 0.1, "ping_interval": 0.25, "ping_timeout": 0.5}
+# The client never pings within a test, so only the server's own acks can confirm frames.
+SLOW_PINGS = {"backoff_base": 0.02, "backoff_cap": 0.1, "ping_interval": 60.0}
 
 
 @pytest.fixture
@@ -97,6 +99,32 @@ async def test_every_frame_once_in_order_across_cuts_freezes_and_kicks(
             assert SESSIONS.count((sid, True)) >= 9
             reading.cancel()
     assert conn.state is ClientState.CLOSED
+
+
+async def test_resync_lists_only_what_the_server_never_confirmed(uvicorn_server: Any) -> None:
+    """Messages the app took and answered are acknowledged within a housekeeping tick, so a
+    later resync's `unacked` does not list them (the app already has their replies)."""
+    # A short timeout makes the tick short (50 ms); the long interval keeps the server's pings,
+    # which carry its count too, out of the test.
+    first = uvicorn_server(make_server_app(heartbeat_interval=30, heartbeat_timeout=0.4))
+    second = uvicorn_server(make_server_app())
+    resyncs: list[ResyncEvent] = []
+    async with (
+        TcpProxy(first.port) as proxy,
+        connect(proxy.url("/ws"), on_resync=resyncs.append, **SLOW_PINGS) as conn,
+    ):
+        old = conn.session_id
+        assert old is not None
+        for text in ("a", "b", "c"):
+            await conn.send(text)
+        await await_until(lambda: RECEIVED.get(old) == ["a", "b", "c"], 5, "taken by the app")
+        # The server's ack (one tick, 50 ms here) empties the client's resend buffer.
+        await await_until(lambda: conn._proto.buffered == 0, 5, "acknowledged")
+        proxy.upstream = second.port
+        proxy.cut()
+        await await_until(lambda: bool(resyncs), 5, "a resync")
+        (event,) = resyncs
+        assert event.reason == "unknown" and event.unacked == ()
 
 
 async def test_new_server_means_resync_and_a_fresh_session(uvicorn_server: Any) -> None:

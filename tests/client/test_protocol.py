@@ -379,6 +379,18 @@ def test_resume_resends_exactly_what_the_server_lacks_then_pending() -> None:
     assert (proto.sent, proto.server_acked, proto.token) == (4, 1, "tok2")
 
 
+def test_a_resumed_hello_with_nothing_to_resend_is_confirmed_at_once() -> None:
+    """After resumed:true with nothing to resend or pending, the client sends an `ack` at once,
+    so the server learns the new token arrived (and retires the one resumed with)."""
+    proto = opened()
+    proto.receive("a", 1.0)
+    proto.data_to_send()
+    proto.connection_lost(1006, "", 1.0)
+    proto.connection_made(2.0)
+    proto.receive(hello(resumed=True, ack=0, token="tok2"), 2.0)
+    assert controls(proto.data_to_send()) == [{"t": "ack", "n": 1}]
+
+
 def test_replayed_frames_continue_the_inbound_count() -> None:
     """Frames the server replays after a resume are delivered and counted as new ones."""
     proto = opened()

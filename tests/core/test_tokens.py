@@ -10,8 +10,11 @@ from stabilizer_asgi.core.tokens import (
     MAX_GENERATION,
     MAX_TOKEN_LENGTH,
     TokenSigner,
+    UnknownKeyError,
+    after_resume,
     key_id,
     normalize_secret,
+    spendable,
 )
 from stabilizer_asgi.exceptions import ConfigError, InvalidTokenError
 
@@ -219,8 +222,17 @@ def test_rotation_old_key_verifies_new_key_signs(session_id: str, generation: in
 def test_retired_key_no_longer_verifies() -> None:
     """Once the old key is dropped from the list, its tokens are rejected as unknown."""
     old_token = TokenSigner([OLD_KEY]).sign(SESSION, 1)
-    with pytest.raises(InvalidTokenError, match="unknown key"):
+    with pytest.raises(UnknownKeyError, match="unknown key"):
         TokenSigner([KEY]).verify(old_token)
+
+
+def test_a_bad_signature_under_a_known_key_is_not_an_unknown_key() -> None:
+    """A token whose key id is ours but whose tag is wrong is tampered, not foreign."""
+    token = TokenSigner([KEY]).sign(SESSION, 1)
+    forged = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
+    with pytest.raises(InvalidTokenError) as info:
+        TokenSigner([KEY]).verify(forged)
+    assert not isinstance(info.value, UnknownKeyError)
 
 
 def test_key_ids_lists_signing_key_first_without_duplicates() -> None:
@@ -283,3 +295,70 @@ def test_normalize_rejects_empty_without_leaking(secret: object, shown: str) -> 
     assert info.value.value == shown
     assert "hunter2" not in str(info.value) and "12345" not in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+# ---------------------------------------------------------------- which generation is spendable
+
+
+class _Tokens:
+    """The manager's per-session token bookkeeping, driven by the pure functions."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.confirmed = True
+
+    def resume(self, presented: int) -> bool:
+        if not spendable(self.generation, self.confirmed, presented):
+            return False
+        self.generation = after_resume(self.generation, presented)
+        self.confirmed = False
+        return True
+
+    def frame_from_client(self) -> None:
+        self.confirmed = True
+
+
+def test_a_fresh_session_accepts_only_its_current_token() -> None:
+    """Generation 0 with nothing resumed yet: only token 0 resumes; no earlier one exists."""
+    tokens = _Tokens()
+    assert not spendable(0, True, -1) and not spendable(0, True, 1)
+    assert tokens.resume(0) and tokens.generation == 1
+
+
+def test_a_lost_hello_leaves_the_spent_token_good_for_a_retry() -> None:
+    """After a resume whose hello never arrived, the token just spent resumes again and the
+    retry is given the same new token (the generation does not move)."""
+    tokens = _Tokens()
+    assert tokens.resume(0) and tokens.generation == 1  # hello(token 1) lost
+    assert tokens.resume(0) and tokens.generation == 1  # retry with token 0: same token 1
+    assert tokens.resume(0) and tokens.generation == 1  # lost again: still fine
+
+
+def test_a_frame_on_the_resumed_connection_spends_the_previous_token() -> None:
+    """Once the client sent a frame on the resumed connection, only the new token resumes."""
+    tokens = _Tokens()
+    assert tokens.resume(0)
+    tokens.frame_from_client()
+    assert not tokens.resume(0)
+    assert tokens.resume(1) and tokens.generation == 2
+
+
+def test_spending_the_new_token_retires_the_one_before() -> None:
+    """A client that read hello but sent nothing resumes with the new token; the token before
+    it never works again, and the new one is the retry candidate."""
+    tokens = _Tokens()
+    assert tokens.resume(0) and tokens.generation == 1
+    assert tokens.resume(1) and tokens.generation == 2
+    assert not tokens.resume(0)
+    assert tokens.resume(1) and tokens.generation == 2
+    tokens.frame_from_client()
+    assert not tokens.resume(1) and tokens.resume(2)
+
+
+def test_no_token_older_than_the_previous_one_is_spendable() -> None:
+    """Only the current and, unconfirmed, the one just before it: never two back or ahead."""
+    for generation in (1, 5, 100):
+        assert spendable(generation, False, generation - 1)
+        assert not spendable(generation, False, generation - 2)
+        assert not spendable(generation, False, generation + 1)
+        assert not spendable(generation, True, generation - 1)

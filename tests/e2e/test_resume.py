@@ -229,7 +229,24 @@ async def test_bad_resume_requests_get_a_new_session(
         await good.ws.close()
 
 
+async def test_a_token_from_a_restarted_process_without_secret_is_unknown(
+    uvicorn_server: Any,
+) -> None:
+    """Without `secret` each process signs with its own random key: a token from before a
+    restart (another process) is answered `unknown`, as for any session the server lacks."""
+    before = uvicorn_server(make(secret=None))
+    after = uvicorn_server(make(secret=None))
+    peer = await Peer.open(f"ws://127.0.0.1:{before.port}")
+    token = peer.hello["token"]
+    peer.abort()
+    fresh = await Peer.open(f"ws://127.0.0.1:{after.port}", token=token, ack=0)
+    assert fresh.hello["resumed"] is False and fresh.hello["reason"] == "unknown"
+    await fresh.ws.close()
+
+
 async def test_used_token_is_refused(uvicorn_server: Any) -> None:
+    """Once the client sent a frame on the resumed connection, the token it resumed with is
+    spent: a replay of it gets a new session with reason "invalid"."""
     server = uvicorn_server(make())
     base = f"ws://127.0.0.1:{server.port}"
     async with httpx.AsyncClient() as http:
@@ -239,11 +256,67 @@ async def test_used_token_is_refused(uvicorn_server: Any) -> None:
         await wait_state(http, server, sid, "detached")
         first = await Peer.open(base, token=token, ack=0)
         assert first.hello["resumed"] is True
+        await first.ws.send("proof")  # it read hello: it holds the new token
+        await await_until(lambda: RECEIVED.get(sid, [])[-1:] == ["proof"])
         first.abort()
         await wait_state(http, server, sid, "detached")
         replayed = await Peer.open(base, token=token, ack=0)
         assert replayed.hello["resumed"] is False and replayed.hello["reason"] == "invalid"
         await replayed.ws.close()
+
+
+async def test_a_lost_hello_does_not_cost_the_session(uvicorn_server: Any) -> None:
+    """A resumed connection that drops before its client sent anything (its hello may be lost)
+    leaves the spent token good for a retry, which gets the same new token and every frame."""
+    server = uvicorn_server(make())
+    base = f"ws://127.0.0.1:{server.port}"
+    async with httpx.AsyncClient() as http:
+        peer = await Peer.open(base)
+        sid, token = peer.hello["session"], peer.hello["token"]
+        peer.abort()
+        await wait_state(http, server, sid, "detached")
+        await http.post(server.http("/burst?start=1&count=3"))
+        lost = await Peer.open(base, token=token, ack=0)
+        assert lost.hello["resumed"] is True
+        lost.abort()  # as if the hello never reached the client
+        await wait_state(http, server, sid, "detached")
+        retry = await Peer.open(base, token=token, ack=0)
+        assert retry.hello["resumed"] is True and retry.hello["session"] == sid
+        assert retry.hello["token"] == lost.hello["token"]
+        assert await retry.read(3) == ["m1", "m2", "m3"]
+        await retry.ws.send("proof")
+        await await_until(lambda: RECEIVED.get(sid, [])[-1:] == ["proof"])
+        retry.abort()
+        await wait_state(http, server, sid, "detached")
+        spent = await Peer.open(base, token=token, ack=0)
+        assert spent.hello["resumed"] is False and spent.hello["reason"] == "invalid"
+        await spent.ws.close()
+        resumed = await Peer.open(base, token=retry.hello["token"], ack=3)
+        assert resumed.hello["resumed"] is True and resumed.hello["session"] == sid
+        await resumed.ws.close()
+
+
+async def test_a_retry_with_the_previous_token_takes_over_the_live_connection(
+    uvicorn_server: Any,
+) -> None:
+    """While the resumed connection is still open, a retry with the previous token takes the
+    session over and the half-dead connection is closed: never two live connections."""
+    server = uvicorn_server(make())
+    base = f"ws://127.0.0.1:{server.port}"
+    async with httpx.AsyncClient() as http:
+        peer = await Peer.open(base)
+        sid, token = peer.hello["session"], peer.hello["token"]
+        peer.abort()
+        await wait_state(http, server, sid, "detached")
+        half_dead = await Peer.open(base, token=token, ack=0)
+        assert half_dead.hello["resumed"] is True
+        retry = await Peer.open(base, token=token, ack=0)
+        assert retry.hello["resumed"] is True and retry.hello["session"] == sid
+        await asyncio.wait_for(half_dead.ws.wait_closed(), 5)
+        assert half_dead.ws.close_code == 1000
+        await http.post(server.http("/burst?start=1&count=2"))
+        assert await retry.read(2) == ["m1", "m2"]
+        await retry.ws.close()
 
 
 async def test_normal_close_ends_the_session(uvicorn_server: Any) -> None:

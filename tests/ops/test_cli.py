@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import signal
@@ -29,7 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from stabilizer_asgi import StabilizerConfig, StabilizerMiddleware, cli
 from stabilizer_asgi import logging as slog
 
-from .support import LOOPBACK, control, make_app
+from .support import LOOPBACK, captured_logs, control, make_app
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.ops.support:make_app"
@@ -173,6 +174,12 @@ def test_values_are_parsed_by_field_type() -> None:
         ([], {"STABILIZER_FACTORY": "maybe"}, ["STABILIZER_FACTORY (--factory)", "on/off"]),
         ([], {"STABILIZER_NUM_SHARDS": "0"}, ["STABILIZER_NUM_SHARDS", "between 1 and 65536"]),
         ([], {"STABILIZER_EVICTION": "random"}, ["STABILIZER_EVICTION", "'lru' or 'fifo'"]),
+        (["--backend", "redis://x"], {}, ["--backend", "'redis://...'", "'memory'"]),
+        (
+            [],
+            {"STABILIZER_BACKEND": "nope"},
+            ["STABILIZER_BACKEND: invalid value 'nope'", "'memory'"],
+        ),
     ],
 )
 def test_bad_options_exit_2_naming_the_option(
@@ -572,3 +579,35 @@ async def test_every_json_log_line_is_json(sidecars: list[Sidecar], anyio_backen
     for line in sidecar.lines:
         if line.get("event"):
             assert line["message"] != line["event"] and " " in line["message"]
+
+
+@pytest.mark.parametrize(
+    ("trusted", "warned"), [("*", True), ("10.0.0.1, *", True), ("127.0.0.1", False), (None, False)]
+)
+def test_trusting_every_proxy_logs_a_warning(trusted: str | None, warned: bool) -> None:
+    """`--forwarded-allow-ips '*'` (alone or in a list) logs one WARNING sentence; a list of
+    proxies does not."""
+    with captured_logs() as logs:
+        cli.warn_trust_all(trusted)
+    records = [r for r in logs.records if getattr(r, "event", None) == cli.TRUST_ALL_PROXIES]
+    assert len(records) == (1 if warned else 0)
+    if warned:
+        assert records[0].levelno == logging.WARNING
+        assert records[0].getMessage().startswith("--forwarded-allow-ips '*' trusts")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_sidecar_warns_about_trusting_every_proxy_and_an_open_admin(
+    sidecars: list[Sidecar], anyio_backend: str
+) -> None:
+    """The real sidecar with `--forwarded-allow-ips '*'` and no admin token logs both startup
+    warnings as JSON lines, and still refuses a spoofed loopback address."""
+    sidecar = Sidecar(APP, "--factory", "--forwarded-allow-ips", "*")
+    sidecars.append(sidecar)
+    assert [line["level"] for line in sidecar.events(cli.TRUST_ALL_PROXIES)] == ["WARNING"]
+    assert [line["level"] for line in sidecar.events("admin_unprotected")] == ["WARNING"]
+    async with httpx.AsyncClient() as http:
+        spoofed = {"X-Forwarded-For": "127.0.0.1"}
+        stats = await http.get(sidecar.http("/_stabilizer/stats"), headers=spoofed)
+        assert stats.status_code == 403

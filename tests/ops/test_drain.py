@@ -20,6 +20,8 @@ from stabilizer_asgi import logging as slog
 from .support import RS, await_until, captured_logs, control, stabilized
 
 DRAIN = "/_stabilizer/drain"
+TOKEN = "drain-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HEALTH = "/_stabilizer/health"
 
 
@@ -61,7 +63,7 @@ async def test_drain_1000_connections(uvicorn_server: Any) -> None:
     period, every one gets 1012, plain ones are closed spread over the period, the report is
     exact, and health and handshakes answer 503 meanwhile."""
     opted_in, plain, period = 800, 200, 1.0
-    app = stabilized(drain_period=period, heartbeat_interval=60, retry_after=2)
+    app = stabilized(drain_period=period, heartbeat_interval=60, retry_after=2, admin_token=TOKEN)
     server = uvicorn_server(app, backlog=2048)
     limit = asyncio.Semaphore(100)
 
@@ -85,7 +87,7 @@ async def test_drain_1000_connections(uvicorn_server: Any) -> None:
     ]
     async with httpx.AsyncClient(timeout=30) as http:
         started[0] = time.monotonic()
-        drain = asyncio.create_task(http.post(server.http(DRAIN)))
+        drain = asyncio.create_task(http.post(server.http(DRAIN), headers=AUTH))
         await asyncio.sleep(period / 4)
         health = await http.get(server.http(HEALTH))
         assert health.status_code == 503 and health.headers["retry-after"] == "2"
@@ -151,7 +153,7 @@ async def test_drain_counts_an_app_that_does_not_unwind_as_failed(
 ) -> None:
     """drain() waits a bounded grace for the closed apps to end; one that does not is failed."""
     monkeypatch.setattr(manager_module, "DRAIN_GRACE", 0.2)
-    app = stabilized()
+    app = stabilized(admin_token=TOKEN)
     server = uvicorn_server(app)
     echo = await connect(server.url("/echo?stabilizer=1"), ping_interval=None)
     stubborn = await connect(server.url("/stubborn?stabilizer=1&sleep=1"), ping_interval=None)
@@ -159,7 +161,7 @@ async def test_drain_counts_an_app_that_does_not_unwind_as_failed(
         hello = control(await ws.recv())
         assert hello is not None and hello["t"] == "hello"
     async with httpx.AsyncClient(timeout=10) as http:
-        report = (await http.post(server.http(DRAIN + "?period=0"))).json()
+        report = (await http.post(server.http(DRAIN + "?period=0"), headers=AUTH)).json()
     assert report["closed"] == 1 and report["failed"] == 1
     assert 0.2 <= report["duration"] < 1
     for ws in (echo, stubborn):

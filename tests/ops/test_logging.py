@@ -111,14 +111,16 @@ def test_heartbeat_timeout_fields(client_factory: ClientFactory) -> None:
 def test_rejected_drain_and_shutdown_fields(client_factory: ClientFactory) -> None:
     """`rejected` has reason and remote; `drain_started`, `drained` and `shutdown` have the
     counts and durations of the report."""
-    app = stabilized(max_connections=1)
+    app = stabilized(max_connections=1, admin_token=TOKEN)
     with captured_logs() as logs, client_factory(app, client=LOOPBACK) as client:
         with client.websocket_connect("/echo") as ws:
             with pytest.raises(WebSocketDenialResponse), client.websocket_connect("/echo"):
                 pass  # pragma: no cover
             ws.send_text("x")
             assert ws.receive_text() == "x"
-            report = client.post("/_stabilizer/drain?period=0").json()
+            report = client.post(
+                "/_stabilizer/drain?period=0", headers={"Authorization": f"Bearer {TOKEN}"}
+            ).json()
         with pytest.raises(WebSocketDenialResponse), client.websocket_connect("/echo"):
             pass  # pragma: no cover
     capacity = logs.one(slog.REJECTED, reason="capacity")
@@ -179,6 +181,29 @@ async def test_slow_consumer_fields(uvicorn_server: Any, anyio_backend: str) -> 
     assert fields == {"event": "slow_consumer", "client": "sloth"}
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_resumed_names_the_new_connection_s_peer(
+    uvicorn_server: Any, anyio_backend: str
+) -> None:
+    """`resumed` carries the address of the connection that resumed, not of the dropped one."""
+    server = uvicorn_server(stabilized(secret=SECRET))
+    with captured_logs() as logs:
+        first = await connect(server.url("/echo?stabilizer=1"))
+        hello = control(await first.recv())
+        assert hello is not None
+        first.transport.abort()
+        await await_until(lambda: bool(logs.events(slog.DETACHED)))
+        resume = f"/echo?stabilizer=1&stabilizer_resume={hello['token']}&stabilizer_ack=0"
+        async with connect(server.url(resume)) as second:
+            again = control(await second.recv())
+            assert again is not None and again["resumed"] is True
+            await await_until(lambda: bool(logs.events(slog.RESUMED)))
+            port = second.local_address[1]
+    assert first.local_address[1] != port
+    assert tuple(logs.one(slog.RESUMED).remote) == ("127.0.0.1", port)
+
+
 def test_json_formatter_writes_one_object_per_line() -> None:
     """JsonFormatter: time, level, logger, message and every extra field; exceptions too."""
     logger = logging.getLogger("stabilizer_asgi.test_json")
@@ -234,8 +259,9 @@ def test_no_token_secret_or_payload_is_ever_logged(client_factory: ClientFactory
             ws.send_text(PAYLOAD)
             while (frame := ws.receive_text()) != PAYLOAD:
                 ping = control(frame)
-                assert ping is not None and ping["t"] == "ping"
-                ws.send_text("\x1e" + json.dumps({"t": "pong", "ts": ping["ts"], "n": 0}))
+                assert ping is not None and ping["t"] in ("ping", "ack")
+                if ping["t"] == "ping":
+                    ws.send_text("\x1e" + json.dumps({"t": "pong", "ts": ping["ts"], "n": 0}))
         client.get("/_stabilizer/stats", headers={"Authorization": f"Bearer {TOKEN}"})
         client.get("/_stabilizer/stats", headers={"Authorization": f"Bearer {TOKEN}x"})
         client.post("/_stabilizer/drain?period=0", headers={"Authorization": f"Bearer {TOKEN}"})

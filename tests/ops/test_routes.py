@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -12,12 +13,15 @@ from starlette.websockets import WebSocketDisconnect
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from .support import LOOPBACK, REMOTE, AppCalls, control, stabilized
+from stabilizer_asgi.asgi import routes
+
+from .support import LOOPBACK, REMOTE, AppCalls, captured_logs, control, stabilized
 
 STATS = "/_stabilizer/stats"
 HEALTH = "/_stabilizer/health"
 DRAIN = "/_stabilizer/drain"
 TOKEN = "s3cret-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 ClientFactory = Callable[..., TestClient]
 
@@ -34,13 +38,13 @@ def assert_json_error(response: httpx.Response, status: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------- health
 
 
-def test_health_answers_200_with_connection_count(client_factory: ClientFactory) -> None:
-    """GET health is 200 with the connection count, HEAD is 200 with an empty body."""
+def test_health_answers_200_and_nothing_more(client_factory: ClientFactory) -> None:
+    """GET health is 200 with only a status (it is public), HEAD is 200 with an empty body."""
     calls = AppCalls()
     with client_factory(stabilized(calls), client=REMOTE) as client:
         response = client.get(HEALTH)
         assert response.status_code == 200
-        assert response.json() == {"status": "ok", "connections": 0}
+        assert response.json() == {"status": "ok"}
         assert response.headers["cache-control"] == "no-store"
         head = client.head(HEALTH)
         assert head.status_code == 200 and head.content == b""
@@ -50,8 +54,9 @@ def test_health_answers_200_with_connection_count(client_factory: ClientFactory)
 
 def test_health_answers_503_while_draining(client_factory: ClientFactory) -> None:
     """After a drain, health is 503 with Retry-After, and handshakes get 503 too."""
-    with client_factory(stabilized(retry_after=7), client=LOOPBACK) as client:
-        assert client.post(DRAIN + "?period=0").status_code == 200
+    app = stabilized(retry_after=7, admin_token=TOKEN)
+    with client_factory(app, client=LOOPBACK) as client:
+        assert client.post(DRAIN + "?period=0", headers=AUTH).status_code == 200
         response = client.get(HEALTH)
         assert response.status_code == 503
         assert response.headers["retry-after"] == "7"
@@ -116,6 +121,57 @@ def test_stats_is_loopback_only_without_admin_token(client_factory: ClientFactor
         body = assert_json_error(client.get(STATS), 403)
         assert "loopback" in body["error"]
         assert_json_error(client.get(STATS, headers={"Authorization": "Bearer x"}), 403)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        ("X-Forwarded-For", "127.0.0.1"),
+        ("X-Forwarded-Host", "example.com"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Real-IP", "127.0.0.1"),
+        ("Forwarded", "for=127.0.0.1"),
+        ("Via", "1.1 nginx"),
+    ],
+)
+def test_stats_without_token_refuses_proxied_loopback_requests(
+    client_factory: ClientFactory, header: tuple[str, str]
+) -> None:
+    """Without admin_token, a loopback request carrying any forwarding header gets 403."""
+    with client_factory(stabilized(), client=LOOPBACK) as client:
+        body = assert_json_error(client.get(STATS, headers=dict([header])), 403)
+        assert "proxy" in body["error"]
+
+
+def test_drain_is_refused_over_http_without_admin_token(client_factory: ClientFactory) -> None:
+    """Without admin_token, POST drain is 403 even from loopback; the manager API still drains."""
+    app = stabilized()
+    with client_factory(app, client=LOOPBACK) as client:
+        body = assert_json_error(client.post(DRAIN + "?period=0"), 403)
+        assert "admin_token" in body["error"]
+        assert client.get(HEALTH).status_code == 200
+        assert not app.manager.draining
+        client.portal.call(app.manager.drain, 0)
+        assert client.get(HEALTH).status_code == 503
+
+
+def test_admin_routes_without_token_log_a_startup_warning(client_factory: ClientFactory) -> None:
+    """Serving stats or drain without admin_token logs a WARNING sentence at startup; with a
+    token, or with both routes disabled, nothing."""
+    with captured_logs() as logs:
+        for app in (
+            stabilized(),
+            stabilized(admin_token=TOKEN),
+            stabilized(stats_path=None, drain_path=None),
+        ):
+            with client_factory(app) as client:
+                assert client.get(HEALTH).status_code == 200
+    records = [r for r in logs.records if getattr(r, "event", None) == routes.ADMIN_UNPROTECTED]
+    assert len(records) == 1
+    assert records[0].levelno == logging.WARNING
+    message = records[0].getMessage()
+    assert message.startswith("Admin routes /_stabilizer/stats, /_stabilizer/drain are served")
+    assert "admin_token" in message and message.endswith(".")
 
 
 @pytest.mark.parametrize(
@@ -192,7 +248,7 @@ def test_drain_needs_admin_access(client_factory: ClientFactory) -> None:
 
 def test_drain_route_returns_the_report(client_factory: ClientFactory) -> None:
     """POST drain closes every websocket with 1012 and answers the report with exact counts."""
-    app = stabilized()
+    app = stabilized(admin_token=TOKEN)
     with (
         client_factory(app, client=LOOPBACK) as client,
         client.websocket_connect("/echo?stabilizer=1") as opted,
@@ -202,7 +258,7 @@ def test_drain_route_returns_the_report(client_factory: ClientFactory) -> None:
         assert hello is not None and hello["t"] == "hello"
         plain.send_text("x")
         assert plain.receive_text() == "x"
-        response = client.post(DRAIN + "?period=0.05")
+        response = client.post(DRAIN + "?period=0.05", headers=AUTH)
         assert response.status_code == 200
         report = response.json()
         assert report["closed"] == 2 and report["failed"] == 0
@@ -222,9 +278,9 @@ def test_drain_route_returns_the_report(client_factory: ClientFactory) -> None:
 )
 def test_drain_rejects_a_bad_period(client_factory: ClientFactory, query: str) -> None:
     """A bad `period` query parameter is 400 with a JSON error, and no drain starts."""
-    app = stabilized()
+    app = stabilized(admin_token=TOKEN)
     with client_factory(app, client=LOOPBACK) as client:
-        body = assert_json_error(client.post(f"{DRAIN}?{query}"), 400)
+        body = assert_json_error(client.post(f"{DRAIN}?{query}", headers=AUTH), 400)
         assert "period" in body["error"]
         assert not app.manager.draining
 
@@ -301,3 +357,46 @@ async def test_forwarded_client_is_not_loopback(uvicorn_server: Any, anyio_backe
         forwarded = {"X-Forwarded-For": "198.51.100.9"}
         assert_json_error(await http.get(server.http(STATS), headers=forwarded), 403)
         assert_json_error(await http.post(server.http(DRAIN), headers=forwarded), 403)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_no_token_admin_routes_fail_closed_through_uvicorn(
+    uvicorn_server: Any, anyio_backend: str
+) -> None:
+    """Through uvicorn without admin_token: a local proxy's request (no X-Forwarded-For, only
+    proxy-ish headers) gets 403 for stats, drain is 403 for everyone, and the service stays up."""
+    app = stabilized()
+    server = uvicorn_server(app)
+    proxied = {"Host": "example.com", "X-Real-IP": "198.51.100.9", "X-Forwarded-Proto": "https"}
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(server.http(STATS))).status_code == 200
+        assert_json_error(await http.get(server.http(STATS), headers=proxied), 403)
+        assert_json_error(await http.post(server.http(DRAIN + "?period=0"), headers=proxied), 403)
+        assert_json_error(await http.post(server.http(DRAIN + "?period=0")), 403)
+        health = await http.get(server.http(HEALTH))
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert not app.manager.draining
+    async with connect(server.url("/echo")) as ws:
+        await ws.send("still up")
+        assert await ws.recv() == "still up"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_spoofed_forwarded_for_is_not_believed_with_any_proxy_trusted(
+    uvicorn_server: Any, anyio_backend: str
+) -> None:
+    """With forwarded_allow_ips='*', `X-Forwarded-For: 127.0.0.1` from anyone gets 403 without
+    a token; with admin_token the bearer decides, whatever the forwarded address."""
+    server = uvicorn_server(stabilized(), forwarded_allow_ips="*")
+    spoofed = {"X-Forwarded-For": "127.0.0.1"}
+    async with httpx.AsyncClient() as http:
+        assert_json_error(await http.get(server.http(STATS), headers=spoofed), 403)
+        assert_json_error(await http.post(server.http(DRAIN + "?period=0"), headers=spoofed), 403)
+    server = uvicorn_server(stabilized(admin_token=TOKEN), forwarded_allow_ips="*")
+    remote = {"X-Forwarded-For": "198.51.100.9"}
+    async with httpx.AsyncClient() as http:
+        assert_json_error(await http.get(server.http(STATS), headers=spoofed), 401)
+        stats = await http.get(server.http(STATS), headers={**remote, **AUTH})
+        assert stats.status_code == 200 and "connections" in stats.json()
