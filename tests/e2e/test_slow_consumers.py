@@ -8,14 +8,34 @@ import socket
 import time
 from typing import Any
 
+import anyio
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
 from uvicorn.config import WS_PROTOCOLS
 
 from stabilizer_asgi import StabilizerMiddleware
 from tests.helpers import WAIT, await_until, never_reading_client
 
 from .apps import make_app
+
+CLOSED: list[float] = []
+
+
+async def flood_then_close(websocket: WebSocket) -> None:
+    """Sends until a send stalls (the client stopped reading), then closes 1008 itself."""
+    await websocket.accept()
+    while True:
+        with anyio.move_on_after(0.3) as stalled:
+            await websocket.send_text("x" * PAYLOAD)
+        if stalled.cancelled_caught:
+            break
+    started = time.monotonic()
+    await websocket.close(1008, "too slow")
+    CLOSED.append(time.monotonic() - started)
+
 
 pytestmark = pytest.mark.anyio
 
@@ -107,3 +127,27 @@ async def _connections(stats: Any, count: int) -> bool:
 async def _group_size(stats: Any, size: int) -> bool:
     doc = await stats()
     return bool(doc["connections"] == size and doc["groups"] == 1)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("ws", WS_IMPLEMENTATIONS)
+async def test_app_close_to_a_client_that_stopped_reading_is_bounded(
+    uvicorn_server: Any, ws: str
+) -> None:
+    """The app's own close to a client that stopped reading returns within close_timeout and
+    the socket is released."""
+    CLOSED.clear()
+    app = StabilizerMiddleware(
+        Starlette(routes=[WebSocketRoute("/flood", flood_then_close)]),
+        close_timeout=CLOSE_TIMEOUT,
+    )
+    server = uvicorn_server(app, ws=ws)
+    client = await never_reading_client(server.port, "/flood")
+    try:
+        await await_until(lambda: CLOSED, timeout=CLOSE_TIMEOUT + WAIT, what="close to return")
+        await await_until(
+            lambda: established(server.port, [client]) == 0, what="the socket to be released"
+        )
+        assert app.manager.counters["transport_aborts"] == 1
+    finally:
+        client.close()
