@@ -113,7 +113,6 @@ async def test_never_reading_clients_release_their_sockets_and_slots(
                 await await_until(
                     lambda: _connections(stats, 0), what="the closed clients' slots to be free"
                 )
-                assert (await stats())["counters"]["transport_aborts"] == MAX_CONNECTIONS * round_
     finally:
         for sock in held:
             sock.close()
