@@ -202,6 +202,8 @@ _FIELD_HELP = {
     "max_queue_bytes": "outbound bytes buffered per session",
     "max_read_ahead": "inbound frames read ahead for an app that is not reading",
     "slow_consumer": "when a session's outbound queue is full: 'close' (1008) or 'drop' (newest)",
+    "close_timeout": "seconds a close may wait to be written before the connection's transport "
+    "is aborted",
     "max_memory_per_session": "bytes of user data and buffers per session",
     "max_total_memory": "bytes of user data and buffers for all sessions; over it, evict",
     "eviction": "which sessions lose their data first at max_total_memory",

@@ -47,6 +47,7 @@ class StabilizerConfig:
     max_queue_bytes: int = 4 * MIB
     max_read_ahead: int = 16
     slow_consumer: SlowConsumerPolicy = "close"
+    close_timeout: float = 5.0
     max_memory_per_session: int | None = None
     max_total_memory: int | None = None
     eviction: EvictionPolicy = "lru"
@@ -101,6 +102,7 @@ class StabilizerConfig:
         _int("max_queue_bytes", self.max_queue_bytes, 1)
         _int("max_read_ahead", self.max_read_ahead, 1)
         _choice("slow_consumer", self.slow_consumer, ("close", "drop"))
+        _positive_float("close_timeout", self.close_timeout)
         _optional_int("max_memory_per_session", self.max_memory_per_session, 1)
         _optional_int("max_total_memory", self.max_total_memory, 1)
         _choice("eviction", self.eviction, ("lru", "fifo", "oldest"))

@@ -128,6 +128,13 @@ class Stabilizer:
         self._resumable = (
             cfg.resume_window > 0 and cfg.replay_buffer_messages > 0 and cfg.replay_buffer_bytes > 0
         )
+        # The replay buffer of every opted-in session until its first frame: an idle session
+        # allocates none of its own (see `ReplayBuffer`).
+        self._idle_replay: ReplayBuffer[Any] | None = (
+            ReplayBuffer(cfg.replay_buffer_messages, cfg.replay_buffer_bytes)
+            if self._resumable
+            else None
+        )
         self._detached: deque[tuple[float, Session]] = deque()
         self._tombstones: OrderedDict[str, None] = OrderedDict()
         if generated:
@@ -576,9 +583,8 @@ class Stabilizer:
             memory_limit=self.config.max_memory_per_session,
             on_charge=self._on_charge,
         )
-        if opted_in and self._resumable:
-            cfg = self.config
-            session._replay = ReplayBuffer(cfg.replay_buffer_messages, cfg.replay_buffer_bytes)
+        if opted_in:
+            session._replay = self._idle_replay
         self._connecting[session.id] = session
         return session
 

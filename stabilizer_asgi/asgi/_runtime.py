@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
+import struct
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
@@ -39,6 +41,42 @@ def coroutine_send(
         await send(message)
 
     return send_coroutine
+
+
+def transport_of(send: Callable[..., Any]) -> Any:
+    """The transport under a server's `send`, if the server lets us reach it; else None.
+
+    ASGI offers no way to abort a connection whose peer stopped reading: a close cannot be
+    written to a paused transport, and a server's graceful `transport.close()` waits for a
+    buffer that never drains. uvicorn's `send` (all its websocket implementations) is a bound
+    method of its protocol object, which holds the asyncio transport as `transport`.
+    """
+    owner = getattr(send, "__self__", None)
+    transport = getattr(owner, "transport", None)
+    if callable(getattr(transport, "abort", None)) and callable(
+        getattr(transport, "get_extra_info", None)
+    ):
+        return transport
+    return None
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def abort_transport(transport: Any) -> None:
+    """Close a transport at once, with a TCP reset: what was buffered for the peer is dropped.
+
+    `transport.abort()` alone closes the descriptor but leaves the kernel an orphaned socket
+    that keeps its unsent send buffer (megabytes for a peer that stopped reading) until its
+    retries run out; `SO_LINGER` 0 frees it on the spot.
+    """
+    try:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except (OSError, AttributeError, TypeError):  # not a TCP socket (e.g. a unix socket)
+        pass
+    transport.abort()
 
 
 def _current_task_getter() -> Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]:

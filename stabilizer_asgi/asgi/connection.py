@@ -6,6 +6,10 @@ that reading leaves behind. Only when a ping is due while the app is not reading
 connection get a reader task (bounded read-ahead), so push-only endpoints still see pongs.
 Manager sends never wait: they are stepped inline and queued (bounded) only while the transport
 is busy, with a writer task only for as long as the backlog lasts.
+
+A close must be written within `close_timeout`, in turn after the send in flight: when the peer
+stops reading, neither can be, so past the bound the transport is aborted and every send of ours
+is cancelled. The middleware holds the connection's slot until then (`settle`).
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ class Connection:
         "_opened",
         "_app_closed",
         "_send_failed",
+        "_idle",
+        "_forced",
         "__weakref__",
     )
 
@@ -131,6 +137,10 @@ class Connection:
         self._opened = False
         self._app_closed = False
         self._send_failed = False
+        # Set (and dropped) when our sends stop keeping the transport busy: `settle` waits on it.
+        self._idle: anyio.Event | None = None
+        # The transport was aborted because a close could not be written within close_timeout.
+        self._forced = False
 
     # ------------------------------------------------------------------ receive side
 
@@ -380,6 +390,8 @@ class Connection:
             session = self.session
             session.close_code = message.get("code", 1000)
             session.close_reason = message.get("reason") or ""
+            await self._send_close(message)
+            return
         else:
             await self._send_outside_open(phase, kind, message)
             return
@@ -441,6 +453,24 @@ class Connection:
             return
         await self._send(message)
 
+    async def _send_close(self, message: Message) -> None:
+        """The app's close, in turn with manager sends, written within `close_timeout`; past
+        it the transport is aborted, and the close returns (the connection is closed)."""
+        with anyio.move_on_after(self._mgr.config.close_timeout):
+            if self._busy:
+                await self._send_queued(message)
+                return
+            self._busy = True
+            try:
+                await self._send(message)
+            except Exception:
+                self._send_failed = True
+                raise
+            finally:
+                self._end_turn()
+            return
+        self._force_close()
+
     async def _send_queued(self, message: Message) -> None:
         """The transport is busy: wait for this frame's turn in the outbound queue."""
         waiter = anyio.Event()
@@ -474,7 +504,15 @@ class Connection:
         if self._outq:
             self._mgr._spawn(self._flush)
         else:
-            self._busy = False
+            self._set_idle()
+
+    def _set_idle(self) -> None:
+        """Nothing of ours is being written any more: wake whoever waits for that."""
+        self._busy = False
+        idle = self._idle
+        if idle is not None:
+            self._idle = None
+            idle.set()
 
     def offer(self, frame: Message, escaped: Message, size: int, now: float) -> int:
         """Hand a data frame to this connection without waiting (manager sends, broadcast)."""
@@ -594,7 +632,7 @@ class Connection:
         finally:
             self._writer_scope = None
             self._release_queue()
-            self._busy = False
+            self._set_idle()
 
     def _dequeue(
         self, queue: deque[tuple[Message, int, anyio.Event | None]]
@@ -662,7 +700,64 @@ class Connection:
                 queue.append((close, 0, None))
             else:
                 self._offer(close, 0)
+            if self._busy:  # the close waits for the transport: it gets close_timeout
+                self._mgr._spawn(self._close_watch)
         return True
+
+    async def _close_watch(self) -> None:
+        """Abort the transport if the middleware's close is not written within the bound."""
+        with anyio.move_on_after(self._mgr.config.close_timeout):
+            await self._wait_idle()
+            return
+        self._force_close()
+
+    async def _wait_idle(self) -> None:
+        """Until nothing of ours is being written to the transport (the close included)."""
+        while self._busy:
+            idle = self._idle
+            if idle is None:
+                idle = self._idle = anyio.Event()
+            await idle.wait()
+
+    async def settle(self) -> None:
+        """The app returned: hold on until the transport is done with this connection, at most
+        `close_timeout`, then abort it. The middleware releases the slot after this."""
+        if self._forced or (not self._busy and not _buffered(self._send)):
+            return
+        try:
+            with anyio.move_on_after(self._mgr.config.close_timeout):
+                await self._wait_idle()
+                # The close is written; the server closes the transport once its buffer is
+                # flushed, which never happens if the peer stopped reading.
+                while _buffered(self._send):  # noqa: ASYNC110 - the transport has no event
+                    await anyio.sleep(_FLUSH_POLL)
+                return
+        finally:
+            if self._busy or _buffered(self._send):
+                self._force_close()
+
+    def _force_close(self) -> None:
+        """A close could not be written within `close_timeout`: abort the transport (if the
+        server lets us reach it) and cancel every send of ours still waiting on it."""
+        if self._forced:
+            return
+        self._forced = True
+        if self._closing is None:
+            self._closing = (1006, "")
+        self._mgr._count("transport_aborts")
+        transport = _runtime.transport_of(self._send)
+        if transport is not None:
+            try:
+                _runtime.abort_transport(transport)
+            except Exception as exc:  # pragma: no cover - defensive
+                self._mgr._log_error("transport abort failed", self.session, exc)
+        for scope in (self._writer_scope, self._send_scope):
+            if scope is not None:
+                scope.cancel()
+        if self._send_task is not None:
+            self._send_interrupted = True
+            self._send_task.cancel()
+        self._release_queue()
 
     # ------------------------------------------------------------------ heartbeat
 
@@ -711,6 +806,20 @@ class Connection:
     @property
     def state(self) -> SessionState:
         return self.session.state
+
+
+_FLUSH_POLL = 0.02
+
+
+def _buffered(send: Any) -> bool:
+    """Whether the transport under `send` (if reachable) still holds unwritten bytes."""
+    transport = _runtime.transport_of(send)
+    if transport is None:
+        return False
+    try:
+        return bool(transport.get_write_buffer_size())
+    except Exception:  # pragma: no cover - a transport without the method
+        return False
 
 
 class FanOut:

@@ -93,8 +93,13 @@ class StabilizerMiddleware:
             try:
                 await self.app(scope, opened.receive, opened.send)
             finally:
-                self.manager._ended(opened)
-                self.manager._release(ip)
+                try:
+                    self.manager._ended(opened)
+                    # The slot is free only once the transport is: a close still waiting to be
+                    # written gets `close_timeout`, then the transport is aborted.
+                    await opened.settle()
+                finally:
+                    self.manager._release(ip)
         elif kind == "http":
             handler = self._routes.get(_route_path(scope))
             if handler is not None:

@@ -23,6 +23,10 @@ class ReplayBuffer(Generic[T]):
 
     Sequence numbers keep counting after ``clear()``, so a resume that asks for cleared frames is
     also answered ``None`` rather than with the wrong frames.
+
+    A buffer that never held a frame (``sent == 0``) is left unchanged by ``ack()``, ``since()``
+    and ``clear()``: one such buffer can stand for every idle session, each taking its own
+    (``empty_copy()``) at its first frame.
     """
 
     # An idle session holds no frames; allocating the deque lazily (an empty one is ~760 bytes)
@@ -86,6 +90,10 @@ class ReplayBuffer(Generic[T]):
     def overflowed(self) -> int:
         """Unacknowledged frames dropped because a bound was hit."""
         return self._overflowed
+
+    def empty_copy(self) -> ReplayBuffer[T]:
+        """A new, empty buffer with the same bounds."""
+        return ReplayBuffer(self._max_messages, self._max_bytes)
 
     def __len__(self) -> int:
         return 0 if self._frames is None else len(self._frames) >> 1

@@ -185,7 +185,8 @@ class Session:
         self._token_confirmed = True
         self._ping_at: float | None = None
         self._ping_ts: int | None = None
-        # Resume (opted-in sessions): server→client frames not yet acknowledged by the client,
+        # Resume (opted-in sessions): server→client frames not yet acknowledged by the client
+        # (until the first one, a buffer shared by every idle session: see `_buffer_out`),
         # frames read off a dropped connection that its app never took, and how many frames the
         # app took since the last `ack` sent to the client.
         self._replay: ReplayBuffer[MutableMapping[str, Any]] | None = None
@@ -261,6 +262,9 @@ class Session:
         """Hold an outbound data frame for replay; False if memory limits forbid (a gap)."""
         replay = self._replay
         assert replay is not None
+        if not replay._sent:
+            # The first frame: until now the session may have shared an idle buffer.
+            replay = self._replay = replay.empty_copy()
         before = replay._nbytes
         replay._push(frame, size)  # the size was computed by the middleware: no checks
         delta = replay._nbytes - before
