@@ -62,7 +62,9 @@ async def test_drain_1000_connections(uvicorn_server: Any) -> None:
     """1,000 real connections: opted-in ones get one `reconnect` with after_ms spread over the
     period, every one gets 1012, plain ones are closed spread over the period, the report is
     exact, and health and handshakes answer 503 meanwhile."""
-    opted_in, plain, period = 800, 200, 1.0
+    # 2 s: closing 800 hinted connections takes up to ~0.7 s of loop time on a loaded 2-core
+    # machine, and the plain closes must still visibly spread over the rest of the period.
+    opted_in, plain, period = 800, 200, 2.0
     app = stabilized(drain_period=period, heartbeat_interval=60, retry_after=2, admin_token=TOKEN)
     server = uvicorn_server(app, backlog=2048)
     limit = asyncio.Semaphore(100)
@@ -110,7 +112,8 @@ async def test_drain_1000_connections(uvicorn_server: Any) -> None:
     assert all(not s.hints for s in seen[opted_in:]), "plain clients never see control frames"
     after = sorted(h[0]["after_ms"] for h in hints)
     assert after[0] >= 0 and after[-1] <= period * 1000
-    deciles = [sum(1 for a in after if k * 100 <= a < (k + 1) * 100) for k in range(10)]
+    tenth = period * 100  # ms
+    deciles = [sum(1 for a in after if k * tenth <= a < (k + 1) * tenth) for k in range(10)]
     assert min(deciles) >= opted_in // 20, deciles  # uniform: about 80 in each tenth
     # Plain clients cannot be told when to come back: their closes are spread over the period.
     plain_closes = sorted(s.closed_after or 0 for s in seen[opted_in:])
