@@ -176,6 +176,23 @@ class Stabilizer:
     def draining(self) -> bool:
         return self._draining
 
+    def set_client_id(self, session_id: str, client_id: str | None) -> None:
+        """Give a session another client id (None: none), e.g. once the app has authenticated
+        its client; `by_client` and `duplicate_client` see the new one from now on."""
+        if client_id is not None and (
+            not isinstance(client_id, str) or not client_id or len(client_id) > 256
+        ):
+            raise ValueError(
+                f"client_id must be None or a non-empty str of at most 256 characters: "
+                f"{client_id!r}"
+            )
+        self._registry.set_client(self._require(session_id), client_id)
+
+    def reopen(self) -> None:
+        """Take connections again after `drain()` or `shutdown()` (a new run of the same app
+        object, e.g. one test client per test)."""
+        self._draining = False
+
     # ------------------------------------------------------------------ sending
 
     def _require(self, session_id: str) -> Session:

@@ -71,6 +71,22 @@ class Registry:
         """Every session, as a list taken now (safe to iterate while sessions come and go)."""
         return list(self._order.values())
 
+    def set_client(self, session: Session, client_id: str | None) -> None:
+        """Index a session under another client id (None: under none)."""
+        old = session.client_id
+        if old == client_id:
+            return
+        registered = self._shard(session.id).get(session.id) is session
+        if registered and old is not None:
+            peers = self._by_client.get(old)
+            if peers is not None:
+                peers.pop(session.id, None)
+                if not peers:
+                    del self._by_client[old]
+        session.client_id = client_id
+        if registered and client_id is not None:
+            self._by_client.setdefault(client_id, {})[session.id] = session
+
     def members(self, group: str) -> dict[str, Session]:
         """The live member map of a group (do not mutate)."""
         return self._groups.get(group) or {}
