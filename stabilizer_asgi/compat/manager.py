@@ -41,6 +41,25 @@ logger = logging.getLogger("stabilizer_asgi.compat")
 # memory-accounted like the seed's, and native code finds it as `session.data[METADATA_KEY]`.
 METADATA_KEY = "seed.metadata"
 MAX_RECONNECT_TOKENS = 10_000
+# Seed settings this design has no use for: said once, loudly, when set to anything but the
+# seed's default (docs/migration.md explains each).
+INERT_SETTINGS = {
+    "max_concurrent_cleanup": (
+        100,
+        "shutdown never waits on one close at a time: each close is handed to its connection "
+        "without blocking",
+    ),
+    "max_concurrent_broadcast": (
+        1000,
+        "broadcast never waits on a recipient; what a slow client may hold is bounded by "
+        "max_queue_messages/max_queue_bytes and slow_consumer",
+    ),
+    "memory_check_interval": (
+        60.0,
+        "memory is accounted on every change, so limits hold at every moment, not per interval",
+    ),
+}
+INERT_WARNING = "%s=%r has no effect here: %s"
 COMPRESSION_NONE_WARNING = (
     "compression='none' cannot be applied by the application: permessage-deflate is negotiated "
     "by the server; turn it off there (uvicorn --ws-per-message-deflate false)"
@@ -92,6 +111,10 @@ class WebSocketConnectionManager:
         logging.getLogger("stabilizer_asgi").setLevel(config.log_level)
         if config.compression is CompressionMode.NONE:
             logger.warning(COMPRESSION_NONE_WARNING)
+        for name, (default, why) in INERT_SETTINGS.items():
+            value = getattr(config, name)
+            if value != default:
+                logger.warning(INERT_WARNING, name, value, why)
 
     # ------------------------------------------------------------------ lifecycle
 
