@@ -130,70 +130,69 @@ def scenario(package: ModuleType) -> list[tuple[str, Outcome]]:
 
 
 def _scenario_steps(s: Script, manager: Any) -> None:
-    if True:
-        s.call("start", "start")
-        for name in ("a", "b", "c"):
-            s.note(f"open {name}", s.open(name))
-        s.note("open d over max_connections", s.open("d"))
-        s.note("open e with oversized metadata", s.open("e", "?meta=5000"))
-        s.call("count", "get_connection_count")
-        s.call("active", "get_active_connections")
+    s.call("start", "start")
+    for name in ("a", "b", "c"):
+        s.note(f"open {name}", s.open(name))
+    s.note("open d over max_connections", s.open("d"))
+    s.note("open e with oversized metadata", s.open("e", "?meta=5000"))
+    s.call("count", "get_connection_count")
+    s.call("active", "get_active_connections")
 
-        s.call("send text", "send_to_client", "b", "hello")
-        s.note("b got", s.sockets["b"].receive_text())
-        s.call("send dict", "send_to_client", "b", {"k": [1, 2], "s": "é"})
-        s.note("b got json", json.loads(s.sockets["b"].receive_text()))
-        s.call("send to unknown", "send_to_client", "nobody", "x")
+    s.call("send text", "send_to_client", "b", "hello")
+    s.note("b got", s.sockets["b"].receive_text())
+    s.call("send dict", "send_to_client", "b", {"k": [1, 2], "s": "é"})
+    s.note("b got json", json.loads(s.sockets["b"].receive_text()))
+    s.call("send to unknown", "send_to_client", "nobody", "x")
 
-        s.call("broadcast excluding b", "broadcast", "all", exclude_client="b")
-        s.call("send b after broadcast", "send_to_client", "b", "after")
-        for name in ("a", "b", "c"):
-            s.note(f"{name} got", s.sockets[name].receive_text())
+    s.call("broadcast excluding b", "broadcast", "all", exclude_client="b")
+    s.call("send b after broadcast", "send_to_client", "b", "after")
+    for name in ("a", "b", "c"):
+        s.note(f"{name} got", s.sockets[name].receive_text())
 
-        token = s.call("generate token", "generate_reconnect_token", "a", quiet=True)
-        s.note("token shape", len(token.split(".")))
-        s.call("validate token", "validate_reconnect_token", token)
-        s.call("validate used token", "validate_reconnect_token", token)
-        s.call("validate malformed", "validate_reconnect_token", "invalid.token")
-        s.call("validate unknown", "validate_reconnect_token", "abc.def.ghi.jkl")
-        fresh = manager.generate_reconnect_token("b")
-        s.call("validate tampered", "validate_reconnect_token", fresh[:-8] + "corrupt!")
-        expiring = manager.generate_reconnect_token("c")
-        time.sleep(0.5)
-        s.call("validate expired", "validate_reconnect_token", expiring)
+    token = s.call("generate token", "generate_reconnect_token", "a", quiet=True)
+    s.note("token shape", len(token.split(".")))
+    s.call("validate token", "validate_reconnect_token", token)
+    s.call("validate used token", "validate_reconnect_token", token)
+    s.call("validate malformed", "validate_reconnect_token", "invalid.token")
+    s.call("validate unknown", "validate_reconnect_token", "abc.def.ghi.jkl")
+    fresh = manager.generate_reconnect_token("b")
+    s.call("validate tampered", "validate_reconnect_token", fresh[:-8] + "corrupt!")
+    expiring = manager.generate_reconnect_token("c")
+    time.sleep(0.5)
+    s.call("validate expired", "validate_reconnect_token", expiring)
 
-        s.call("set user data", "set_user_data", "a", "name", "Alice")
-        s.call("get user data", "get_user_data", "a", "name")
-        s.call("get missing key", "get_user_data", "a", "missing")
-        s.call("get unknown client", "get_user_data", "nobody", "name")
-        s.call("set unknown client", "set_user_data", "nobody", "name", "x")
-        s.call("set over memory limit", "set_user_data", "a", "big", "x" * 5000)
-        s.call("get refused value", "get_user_data", "a", "big")
-        usage = s.call("memory usage", "get_memory_usage", quiet=True)
-        s.note("memory keys", sorted(usage))
-        s.note("memory counts", (usage["connection_count"], usage["total_memory"] > 0))
+    s.call("set user data", "set_user_data", "a", "name", "Alice")
+    s.call("get user data", "get_user_data", "a", "name")
+    s.call("get missing key", "get_user_data", "a", "missing")
+    s.call("get unknown client", "get_user_data", "nobody", "name")
+    s.call("set unknown client", "set_user_data", "nobody", "name", "x")
+    s.call("set over memory limit", "set_user_data", "a", "big", "x" * 5000)
+    s.call("get refused value", "get_user_data", "a", "big")
+    usage = s.call("memory usage", "get_memory_usage", quiet=True)
+    s.note("memory keys", sorted(usage))
+    s.note("memory counts", (usage["connection_count"], usage["total_memory"] > 0))
 
-        old_a = s.sockets.pop("a")
-        s.note("reopen a at the limit", s.open("a"))
-        message = old_a.receive()
-        old_a.__exit__(None, None, None)
-        s.note("old a closed", (message["code"], message.get("reason")))
-        s.call("count after reconnect", "get_connection_count")
-        s.call("user data after reconnect", "get_user_data", "a", "name")
+    old_a = s.sockets.pop("a")
+    s.note("reopen a at the limit", s.open("a"))
+    message = old_a.receive()
+    old_a.__exit__(None, None, None)
+    s.note("old a closed", (message["code"], message.get("reason")))
+    s.call("count after reconnect", "get_connection_count")
+    s.call("user data after reconnect", "get_user_data", "a", "name")
 
-        s.call("disconnect c", "disconnect", "c")
-        s.note("c closed", s.close_of("c"))
-        s.call("disconnect c again", "disconnect", "c")
-        s.call("disconnect unknown", "disconnect", "nobody")
-        s.call("active after disconnect", "get_active_connections")
+    s.call("disconnect c", "disconnect", "c")
+    s.note("c closed", s.close_of("c"))
+    s.call("disconnect c again", "disconnect", "c")
+    s.call("disconnect unknown", "disconnect", "nobody")
+    s.call("active after disconnect", "get_active_connections")
 
-        report = s.call("shutdown", "graceful_shutdown", quiet=True)
-        s.note("shutdown report", (report.closed_count, report.failed_count))
-        for name in ("a", "b"):
-            code, _ = s.close_of(name)
-            s.note(f"{name} closed at shutdown", code in (1001, 1012))
-        wait_until(lambda: manager.get_connection_count() == 0)
-        s.call("count after shutdown", "get_connection_count")
+    report = s.call("shutdown", "graceful_shutdown", quiet=True)
+    s.note("shutdown report", (report.closed_count, report.failed_count))
+    for name in ("a", "b"):
+        code, _ = s.close_of(name)
+        s.note(f"{name} closed at shutdown", code in (1001, 1012))
+    wait_until(lambda: manager.get_connection_count() == 0)
+    s.call("count after shutdown", "get_connection_count")
 
 
 def eviction_scenario(package: ModuleType, policy: str) -> list[tuple[str, Outcome]]:
@@ -209,17 +208,16 @@ def eviction_scenario(package: ModuleType, policy: str) -> list[tuple[str, Outco
 
 
 def _eviction_steps(s: Script) -> None:
-    if True:
-        for name in ("first", "second", "third"):
-            s.note(f"open {name}", s.open(name, "?meta=700"))
-            time.sleep(0.01)
-        s.call("touch first", "send_to_client", "first", "ping")
-        s.note("first got", s.sockets["first"].receive_text())
-        s.note("open fourth", s.open("fourth", "?meta=700"))
-        s.call("active after eviction", "get_active_connections")
-        usage = s.call("memory usage", "get_memory_usage", quiet=True)
-        s.note("within the limit", usage["total_memory"] <= 3500)
-        s.call("shutdown", "graceful_shutdown", quiet=True)
+    for name in ("first", "second", "third"):
+        s.note(f"open {name}", s.open(name, "?meta=700"))
+        time.sleep(0.01)
+    s.call("touch first", "send_to_client", "first", "ping")
+    s.note("first got", s.sockets["first"].receive_text())
+    s.note("open fourth", s.open("fourth", "?meta=700"))
+    s.call("active after eviction", "get_active_connections")
+    usage = s.call("memory usage", "get_memory_usage", quiet=True)
+    s.note("within the limit", usage["total_memory"] <= 3500)
+    s.call("shutdown", "graceful_shutdown", quiet=True)
 
 
 def test_seed_and_compat_agree_on_the_scripted_scenario() -> None:

@@ -1,0 +1,45 @@
+"""The seed README's chat app (`examples/seed_chat.py`, only its import changed) end to end:
+real uvicorn, real `websockets` clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from examples.seed_chat import app, ws_manager
+from tests.helpers import await_until
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_seed_chat_example_end_to_end(uvicorn_server: Any) -> None:
+    """Two users chat through the unchanged seed example; a leaving user is unregistered by
+    the endpoint's own `disconnect()`; stopping the server closes the rest with 1012."""
+    server = uvicorn_server(app, lifespan="on")
+    async with connect(server.url("/ws/alice")) as alice:
+        async with connect(server.url("/ws/bob")) as bob:
+            await await_until(lambda: ws_manager.get_connection_count() == 2, what="two users")
+            await alice.send("hello bob")
+            expected = {"user": "alice", "message": "hello bob"}
+            for ws in (alice, bob):
+                assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == expected
+            assert sorted(ws_manager.get_active_connections()) == ["alice", "bob"]
+            assert ws_manager.stabilizer.stats()["connections"] == 2
+        await await_until(lambda: ws_manager.get_active_connections() == ["alice"], what="bob gone")
+        await alice.send("anyone?")
+        assert json.loads(await asyncio.wait_for(alice.recv(), 5))["message"] == "anyone?"
+        server.__exit__(None, None, None)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(alice.recv(), 10)
+        assert alice.close_code == 1012
+    assert ws_manager.get_connection_count() == 0
