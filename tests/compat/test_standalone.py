@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import timedelta
 from typing import Any
 
@@ -99,33 +100,34 @@ def test_reconnect_replaces_and_old_endpoint_leaves_new_alone(client_factory: Fa
     """A second connect under the same id closes the first (1000 "reconnected"); the first
     endpoint's `disconnect()` does not close the new connection (the seed's did)."""
     mgr, rec = manager(max_connections=1), Recorder()
-    with client_factory(seed_app(mgr, rec)) as client:
-        with client.websocket_connect("/ws/a") as old:
-            wait_until(lambda: mgr.get_connection_count() == 1)
-            with client.websocket_connect("/ws/a") as new:
-                message = old.receive()
-                assert (message["code"], message["reason"]) == (1000, "reconnected")
-                wait_until(lambda: events(rec, "unwound") != [])
-                assert on_loop(client, mgr.send_to_client, "a", "still here") is True
-                assert new.receive_text() == "still here"
-                assert mgr.get_connection_count() == 1
+    with client_factory(seed_app(mgr, rec)) as client, client.websocket_connect("/ws/a") as old:
+        wait_until(lambda: mgr.get_connection_count() == 1)
+        with client.websocket_connect("/ws/a") as new:
+            message = old.receive()
+            assert (message["code"], message["reason"]) == (1000, "reconnected")
+            wait_until(lambda: events(rec, "unwound") != [])
+            assert on_loop(client, mgr.send_to_client, "a", "still here") is True
+            assert new.receive_text() == "still here"
+            assert mgr.get_connection_count() == 1
 
 
 def test_send_and_broadcast_with_exclusion(client_factory: Factory) -> None:
     """`send_to_client` writes str as text and dict as JSON; `broadcast(exclude_client=)`
     skips that client and counts it in `total`, as the seed did."""
     mgr, rec = manager(), Recorder()
-    with client_factory(seed_app(mgr, rec)) as client:
-        with client.websocket_connect("/ws/a") as a, client.websocket_connect("/ws/b") as b:
-            wait_until(lambda: mgr.get_connection_count() == 2)
-            assert on_loop(client, mgr.send_to_client, "a", {"k": 1}) is True
-            assert json.loads(a.receive_text()) == {"k": 1}
-            assert on_loop(client, mgr.send_to_client, "zz", "x") is False
-            result = on_loop(client, _broadcast, mgr, "news", "a")
-            assert (result.total, result.succeeded, result.failed) == (2, 1, 0)
-            assert b.receive_text() == "news"
-            on_loop(client, mgr.send_to_client, "a", "direct")
-            assert a.receive_text() == "direct"
+    with ExitStack() as stack:
+        client = stack.enter_context(client_factory(seed_app(mgr, rec)))
+        a = stack.enter_context(client.websocket_connect("/ws/a"))
+        b = stack.enter_context(client.websocket_connect("/ws/b"))
+        wait_until(lambda: mgr.get_connection_count() == 2)
+        assert on_loop(client, mgr.send_to_client, "a", {"k": 1}) is True
+        assert json.loads(a.receive_text()) == {"k": 1}
+        assert on_loop(client, mgr.send_to_client, "zz", "x") is False
+        result = on_loop(client, _broadcast, mgr, "news", "a")
+        assert (result.total, result.succeeded, result.failed) == (2, 1, 0)
+        assert b.receive_text() == "news"
+        on_loop(client, mgr.send_to_client, "a", "direct")
+        assert a.receive_text() == "direct"
 
 
 async def _broadcast(mgr: WebSocketConnectionManager, message: str, exclude: str) -> Any:
