@@ -391,3 +391,34 @@ def test_manager_works_without_lifespan(client_factory: Callable[..., TestClient
                 "reason": "closed by app",
             }
     assert mw.manager.count() == 0
+
+
+def test_set_client_id_reindexes_and_drives_duplicate_client(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    """`set_client_id` moves a session to another client id: `by_client` finds it there and
+    `duplicate_client="replace"` treats it as that client; bad values are refused."""
+    h = harness_factory(duplicate_client="replace")
+    _, sid = h.connect()
+    h.call(h.manager.set_client_id, sid, "carol")
+    assert [s.id for s in h.call(h.manager.by_client, "carol")] == [sid]
+    h.call(h.manager.set_client_id, sid, None)
+    assert h.call(h.manager.by_client, "carol") == []
+    h.call(h.manager.set_client_id, sid, "carol")
+    h.connect("client_id=carol")
+    wait_until(lambda: h.disconnects().get(sid) == (1000, "replaced"))
+    for bad in ("", "x" * 257, 5):
+        with pytest.raises(ValueError):
+            h.call(h.manager.set_client_id, sid, bad)
+    with pytest.raises(SessionNotFoundError):
+        h.call(h.manager.set_client_id, "no-such-session", "dave")
+
+
+def test_reopen_takes_connections_after_shutdown(harness: Harness) -> None:
+    """After `shutdown()` handshakes are refused until `reopen()`."""
+    harness.run(harness.manager.shutdown, 1.0)
+    with pytest.raises(WebSocketDenialResponse):
+        harness.connect()
+    harness.call(harness.manager.reopen)
+    harness.connect()
+    assert registered(harness.client, harness.manager) >= 1
