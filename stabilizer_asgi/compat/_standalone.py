@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from starlette.datastructures import State
 from starlette.websockets import WebSocket
 
 from ..asgi.connection import Connection
@@ -68,13 +69,18 @@ class Link:
     def session(self) -> Session:
         return self.conn.session
 
-    async def open(self, session: Session, heartbeat: bool, metadata: dict[str, Any] | None,
-                   key: str) -> None:  # fmt: skip
+    async def open(
+        self, session: Session, heartbeat: bool, metadata: dict[str, Any] | None, key: str
+    ) -> None:
         """Register `session` as open on this websocket; on any failure nothing is left."""
         conn = self.conn = Connection(
-            self._mgr, session, self._receive, self._send, control=False,
+            self._mgr,
+            session,
+            self._receive,
+            self._send,
+            control=False,
             heartbeat=heartbeat and self._raw is not None,
-        )  # fmt: skip
+        )
         try:
             if metadata:
                 session.data[key] = metadata
@@ -85,8 +91,20 @@ class Link:
             self.end()
             raise
         if self._raw is not None:
-            self._ws._receive = conn.receive
-            self._ws._send = conn.send
+            self._route(self._ws, conn, session)
+
+    def _route(self, websocket: WebSocket, conn: Connection, session: Session) -> None:
+        """From now on the endpoint reads and writes through `conn`, and finds the manager and
+        its session in `websocket.state` as behind the middleware (a copy of the state dict:
+        the server's may be shared)."""
+        websocket._receive = conn.receive
+        websocket._send = conn.send
+        state = dict(websocket.scope.get("state") or {})
+        state["stabilizer"] = self._mgr
+        state["stabilizer_session"] = session
+        websocket.scope["state"] = state
+        if "_state" in vars(websocket):  # Starlette caches `websocket.state` once read
+            websocket._state = State(state)
 
     def end(self) -> None:
         """The connection is over: end the session and free its slot (once)."""

@@ -158,7 +158,7 @@ class WebSocketConnectionManager:
             and websocket.application_state is not WebSocketState.CONNECTED
         ):
             raise WebSocketStabilizerError("accept the websocket before connect()")
-        adopted = self._middleware_session(websocket)
+        adopted = self._registered_session(websocket)
         if adopted is not None:
             self._store_metadata(adopted, metadata)
             await self._replace(client_id, keep=adopted)
@@ -169,8 +169,9 @@ class WebSocketConnectionManager:
         session = await self._attach(client_id, websocket, metadata)
         self._endpoint.set((client_id, session.id))
 
-    def _middleware_session(self, websocket: Any) -> Session | None:
-        """The session a `StabilizerMiddleware` made for this websocket, if any."""
+    def _registered_session(self, websocket: Any) -> Session | None:
+        """The session already made for this websocket: by a `StabilizerMiddleware`, or by an
+        earlier `connect()` (both leave it in `websocket.state`)."""
         if not _standalone.is_asgi(websocket):
             return None
         state = websocket.scope.get("state") or {}
@@ -182,6 +183,8 @@ class WebSocketConnectionManager:
                 "this websocket is served by a StabilizerMiddleware with another manager: "
                 "install it with StabilizerMiddleware(app, manager=ws_manager.stabilizer)"
             )
+        if found.state is not _CONNECTED:
+            raise WebSocketStabilizerError("this websocket's connection is already over")
         return found
 
     async def _attach(

@@ -36,8 +36,9 @@ def manager(**config: Any) -> WebSocketConnectionManager:
 
 
 def test_chat_flow_registers_broadcasts_and_unwinds(client_factory: Factory) -> None:
-    """README flow: both clients get each broadcast, the registry counts them, and the
-    endpoint's `disconnect()` after the client left returns quietly and frees the slot."""
+    """README flow: both clients get each broadcast, the registry counts them (and the
+    endpoint finds its session in `websocket.state`), and the endpoint's `disconnect()` after
+    the client left returns quietly and frees the slot."""
     mgr, rec = manager(max_connections=5), Recorder()
     with client_factory(seed_app(mgr, rec)) as client:
         with client.websocket_connect("/ws/alice") as a, client.websocket_connect("/ws/bob") as b:
@@ -48,7 +49,10 @@ def test_chat_flow_registers_broadcasts_and_unwinds(client_factory: Factory) -> 
             assert json.loads(b.receive_text()) == expected
             assert sorted(mgr.get_active_connections()) == ["alice", "bob"]
             assert mgr.stabilizer.stats()["sessions"]["connected"] == 2
-            assert {s.client_id for s in mgr.stabilizer.sessions()} == {"alice", "bob"}
+            sessions = {s.client_id: s.id for s in mgr.stabilizer.sessions()}
+            assert sorted(sessions) == ["alice", "bob"]
+            # As behind the middleware, the endpoint finds its session in websocket.state.
+            assert {e[1]: e[2] for e in events(rec, "connected")} == sessions
         wait_until(lambda: len(events(rec, "unwound")) == 2)
         assert mgr.get_connection_count() == 0
         assert mgr.stabilizer.stats()["connections"] == 0
@@ -203,7 +207,7 @@ def test_graceful_shutdown_closes_everyone_1012(client_factory: Factory) -> None
 
 def test_connect_checks(client_factory: Factory) -> None:
     """`connect()` refuses a websocket not yet accepted and an empty client id (the seed's
-    ConnectionNotFoundError)."""
+    ConnectionNotFoundError); a second `connect()` of one websocket renames its session."""
     mgr = manager()
 
     async def endpoint(websocket: Any) -> None:
@@ -212,6 +216,9 @@ def test_connect_checks(client_factory: Factory) -> None:
         await websocket.accept()
         with pytest.raises(ConnectionNotFoundError):
             await mgr.connect("", websocket)
+        await mgr.connect("a", websocket)
+        await mgr.connect("b", websocket)  # the same websocket again: renamed, not doubled
+        assert [s.client_id for s in mgr.stabilizer.sessions()] == ["b"]
         await websocket.send_text("checked")
         await websocket.close()
 
