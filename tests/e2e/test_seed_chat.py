@@ -4,14 +4,17 @@ real uvicorn, real `websockets` clients."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
+import logging
+from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from examples.seed_chat import app, ws_manager
 from tests.helpers import await_until
 
 pytestmark = pytest.mark.anyio
@@ -22,9 +25,22 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def test_seed_chat_example_end_to_end(uvicorn_server: Any) -> None:
+@pytest.fixture
+def seed_chat() -> Iterator[ModuleType]:
+    """The example module, imported here: its manager sets the library logger's level (the
+    seed's `log_level`), which is put back afterwards."""
+    log = logging.getLogger("stabilizer_asgi")
+    level = log.level
+    try:
+        yield importlib.import_module("examples.seed_chat")
+    finally:
+        log.setLevel(level)
+
+
+async def test_seed_chat_example_end_to_end(uvicorn_server: Any, seed_chat: ModuleType) -> None:
     """Two users chat through the unchanged seed example; a leaving user is unregistered by
     the endpoint's own `disconnect()`; stopping the server closes the rest with 1012."""
+    app, ws_manager = seed_chat.app, seed_chat.ws_manager
     server = uvicorn_server(app, lifespan="on")
     async with connect(server.url("/ws/alice")) as alice:
         async with connect(server.url("/ws/bob")) as bob:
