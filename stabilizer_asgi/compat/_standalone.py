@@ -9,8 +9,10 @@ frame the endpoint reads), for any other object (a test double) by writing throu
 
 The session ends, as the middleware would end it when the endpoint returns, as soon as its
 connection is over: a close went out, the client's disconnect came in, or a write failed.
-This module is, with the middleware, the manager's other driver: it uses the same few
-connection-lifecycle hooks (`_admit`, `_new_session`, `_ended`, `_release`).
+Compat (this module and `compat/manager.py`) is, beside the middleware, the manager's other
+driver: it uses the same connection-lifecycle hooks the middleware does (`_ensure_service`,
+`_probe_server`, `_admit`, `_rejected`, `_new_session`, `_ended`, `_release`) and nothing else
+private.
 """
 
 from __future__ import annotations

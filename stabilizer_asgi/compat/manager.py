@@ -196,6 +196,8 @@ class WebSocketConnectionManager:
         client = scope.get("client")
         ip = client[0] if client else None
         stab._ensure_service()
+        if not stab._server_probed and _standalone.is_asgi(websocket):
+            stab._probe_server(websocket._receive)
         refusal = stab._admit(ip)
         if refusal is not None:
             stab._rejected(refusal, client)

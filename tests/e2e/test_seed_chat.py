@@ -50,7 +50,10 @@ async def test_seed_chat_example_end_to_end(uvicorn_server: Any, seed_chat: Modu
             for ws in (alice, bob):
                 assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == expected
             assert sorted(ws_manager.get_active_connections()) == ["alice", "bob"]
-            assert ws_manager.stabilizer.stats()["connections"] == 2
+            stats = ws_manager.stabilizer.stats()
+            assert stats["connections"] == 2
+            # Read off uvicorn as the middleware would (its default ws_max_size, 16 MiB).
+            assert stats["limits"]["server_ws_max_size"] == 16 * 1024 * 1024
         await await_until(lambda: ws_manager.get_active_connections() == ["alice"], what="bob gone")
         await alice.send("anyone?")
         assert json.loads(await asyncio.wait_for(alice.recv(), 5))["message"] == "anyone?"
