@@ -188,11 +188,6 @@ class Stabilizer:
             )
         self._registry.set_client(self._require(session_id), client_id)
 
-    def reopen(self) -> None:
-        """Take connections again after `drain()` or `shutdown()` (a new run of the same app
-        object, e.g. one test client per test)."""
-        self._draining = False
-
     # ------------------------------------------------------------------ sending
 
     def _require(self, session_id: str) -> Session:

@@ -10,9 +10,10 @@ frame the endpoint reads), for any other object (a test double) by writing throu
 The session ends, as the middleware would end it when the endpoint returns, as soon as its
 connection is over: a close went out, the client's disconnect came in, or a write failed.
 Compat (this module and `compat/manager.py`) is, beside the middleware, the manager's other
-driver: it uses the same connection-lifecycle hooks the middleware does (`_ensure_service`,
-`_probe_server`, `_admit`, `_rejected`, `_new_session`, `_ended`, `_release`) and none of its
-state; of Starlette's WebSocket it rebinds `_receive`/`_send` (and a cached `_state`).
+driver: it uses the same lifecycle hooks the middleware does (`_start`, `_stop`,
+`_ensure_service`, `_probe_server`, `_admit`, `_rejected`, `_new_session`, `_ended`,
+`_release`) and none of its state; of Starlette's WebSocket it rebinds `_receive`/`_send`
+(and a cached `_state`).
 """
 
 from __future__ import annotations

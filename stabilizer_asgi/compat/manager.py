@@ -118,15 +118,20 @@ class WebSocketConnectionManager:
 
     # ------------------------------------------------------------------ lifecycle
 
+    # `start` and `graceful_shutdown` run the manager's lifespan hooks, as the middleware's
+    # lifespan does; behind the middleware they run twice, which they allow.
+
     async def start(self) -> None:
-        """Start the background service (heartbeat, sweeps) and take connections again."""
-        self.stabilizer.reopen()
-        self.stabilizer._ensure_service()
+        """Take connections (again, after a shutdown) and start the background service
+        (heartbeat, sweeps) and the backend."""
+        await self.stabilizer._start()
 
     async def graceful_shutdown(self, timeout: float = 30.0) -> ShutdownReport:
-        """Close every connection (1012) and wait up to `timeout` for the endpoints to end."""
+        """Close every connection (1012), wait up to `timeout` for the endpoints to end, then
+        stop the background service."""
         links = list(self._links.values())
         report = await self.stabilizer.shutdown(timeout)
+        await self.stabilizer._stop()
         refused = sum(1 for link in links if link.close_failed)
         return ShutdownReport(
             closed_count=report.closed - refused,

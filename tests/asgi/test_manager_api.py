@@ -412,13 +412,3 @@ def test_set_client_id_reindexes_and_drives_duplicate_client(
             h.call(h.manager.set_client_id, sid, bad)
     with pytest.raises(SessionNotFoundError):
         h.call(h.manager.set_client_id, "no-such-session", "dave")
-
-
-def test_reopen_takes_connections_after_shutdown(harness: Harness) -> None:
-    """After `shutdown()` handshakes are refused until `reopen()`."""
-    harness.run(harness.manager.shutdown, 1.0)
-    with pytest.raises(WebSocketDenialResponse):
-        harness.connect()
-    harness.call(harness.manager.reopen)
-    harness.connect()
-    assert registered(harness.client, harness.manager) >= 1
