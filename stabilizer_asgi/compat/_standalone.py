@@ -100,7 +100,7 @@ class Link:
         """From now on the endpoint reads and writes through `conn`, and finds the manager and
         its session in `websocket.state` as behind the middleware (a copy of the state dict:
         the server's may be shared)."""
-        websocket._receive = conn.receive
+        websocket._receive = self._app_receive
         websocket._send = conn.send
         state = dict(websocket.scope.get("state") or {})
         state["stabilizer"] = self._mgr
@@ -117,6 +117,14 @@ class Link:
         self._mgr._ended(self.conn)
         self._mgr._release(self._ip)
         self._on_end(self.conn.session)
+
+    async def _app_receive(self) -> Message:
+        """The endpoint's `receive`: once it is told the connection is over (the client left,
+        or compat/the manager closed it), the session ends."""
+        message = await self.conn.receive()
+        if message.get("type") == "websocket.disconnect":
+            self.end()
+        return message
 
     async def _receive(self) -> Message:
         if self._raw is None:
@@ -151,6 +159,11 @@ class Link:
                 self.close_failed = True
             self._on_error(self.conn.session, exc)
             self.end()
+            raise
+        except BaseException:  # cancelled: a close given up on after close_timeout is final
+            if kind == "websocket.close":
+                self.close_failed = True
+                self.end()
             raise
         if kind == "websocket.close":
             self.end()
