@@ -236,3 +236,70 @@ def test_seed_and_compat_evict_the_same_connection(policy: str) -> None:
     theirs = eviction_scenario(seed, policy)
     ours = eviction_scenario(compat, policy)
     assert ours == theirs
+
+
+# Values for each seed field: what the seed rejects (with what) and what it accepts. Values
+# where compat is deliberately stricter (docs/migration.md) are not here: NaN/infinite
+# intervals, non-int counts, num_shards over 65536, unknown heartbeat_type or compression.
+CONFIG_VALUES: list[tuple[str, Any]] = [
+    ("heartbeat_interval", 0),
+    ("heartbeat_interval", -1),
+    ("heartbeat_interval", "30"),
+    ("heartbeat_interval", 0.5),
+    ("heartbeat_timeout", 0.0),
+    ("heartbeat_timeout", None),
+    ("heartbeat_timeout", 120),
+    ("max_connections", 0),
+    ("max_connections", -3),
+    ("max_connections", "5"),
+    ("max_connections", None),
+    ("max_connections", 7),
+    ("max_message_size", 0),
+    ("max_message_size", None),
+    ("max_message_size", 10),
+    ("reconnect_token_ttl", timedelta(0)),
+    ("reconnect_token_ttl", timedelta(seconds=-1)),
+    ("reconnect_token_ttl", timedelta(minutes=5)),
+    ("log_level", "INVALID"),
+    ("log_level", "debug"),
+    ("log_level", 10),
+    ("log_level", "DEBUG"),
+    ("log_level", "CRITICAL"),
+    ("num_shards", 0),
+    ("num_shards", -1),
+    ("num_shards", "4"),
+    ("num_shards", 1),
+    ("max_concurrent_cleanup", 0),
+    ("max_concurrent_cleanup", None),
+    ("max_concurrent_broadcast", -10),
+    ("memory_check_interval", 0),
+    ("memory_check_interval", "60"),
+    ("memory_eviction_policy", "INVALID_POLICY"),
+    ("memory_eviction_policy", 3),
+    ("memory_eviction_policy", None),
+    ("memory_eviction_policy", "LRU"),
+    ("memory_eviction_policy", "oldest"),
+    ("max_memory_per_connection", 0),
+    ("max_memory_per_connection", "1k"),
+    ("max_memory_per_connection", None),
+    ("max_memory_per_connection", 1),
+    ("max_total_memory", -1024),
+    ("max_total_memory", 10**9),
+    ("heartbeat_type", "custom"),
+    ("compression", "none"),
+    ("enable_metrics", True),
+    ("enable_reconnect", False),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), CONFIG_VALUES)
+def test_config_rejects_what_the_seed_rejects_with_its_exception(name: str, value: Any) -> None:
+    """A value the seed refuses is refused by compat with an exception of the seed's type; a
+    value the seed accepts is accepted."""
+    try:
+        seed.WebSocketConfig(**{name: value})
+    except Exception as theirs:
+        with pytest.raises(type(theirs)):
+            compat.WebSocketConfig(**{name: value})
+    else:
+        compat.WebSocketConfig(**{name: value})
