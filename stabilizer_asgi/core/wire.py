@@ -148,6 +148,11 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[object], bool], bool]]] = {
 }
 
 
+# Fields with one meaning in every frame type: checked wherever they appear, so code that
+# reads `n` off any frame can rely on it being a count.
+_COMMON: dict[str, Callable[[object], bool]] = {"n": _is_count}
+
+
 def _unicode_ok(value: str) -> bool:
     """No lone surrogate (from a `\\ud800` escape): such a string cannot be encoded again."""
     try:
@@ -188,7 +193,10 @@ def decode_control(text: str, kinds: frozenset[str]) -> dict[str, Any] | None:
         if escapes and type(value) is str and not _unicode_ok(value):
             return None
         rule = schema.get(name)
-        if rule is not None and not rule[0](value):
+        if rule is not None:
+            if not rule[0](value):
+                return None
+        elif name in _COMMON and not _COMMON[name](value):
             return None
     for name, (_check, required) in schema.items():
         if required and name not in obj:

@@ -5,7 +5,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from stabilizer_asgi.core import wire
@@ -97,6 +97,7 @@ def test_decode_control_never_raises_on_any_text(body: str, kinds: frozenset[str
 
 @settings(max_examples=300)
 @given(_FIELDS, st.sampled_from(_KINDS))
+@example({"t": "hello", "n": False}, wire.FROM_SERVER)  # `n` is a count in every frame type
 def test_decode_control_accepts_only_valid_protocol(
     fields: dict[str, Any], kinds: frozenset[str]
 ) -> None:
