@@ -7,24 +7,25 @@ BSTAMP := $(VENV)/.installed-bench
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: demo test check-install lint tools format bench bench-quick clean
+.PHONY: demo test check-install lint docs tools format bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,docs]"
 	touch $@
 
 $(BSTAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	$(BIN)/python -m pip install -q -e ".[dev,docs,bench]"
 	touch $@
 
 ## make demo: serve the chat demo on http://127.0.0.1:8000 (stats at /_stabilizer/stats)
 demo: $(STAMP)
 	$(BIN)/stabilizer-asgi serve examples.chat:app --host $(HOST) --port $(PORT)
 
-## make test: lint, type-check, run the whole test suite, then the clean-install check
-test: lint tools
+## make test: lint, type-check, build the docs site, run the whole test suite, then the
+## clean-install check
+test: lint docs tools
 	$(BIN)/python -m pytest
 	$(MAKE) --no-print-directory check-install
 
@@ -49,6 +50,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check stabilizer_asgi tests benchmarks examples
 	$(BIN)/mypy
 
+## make docs: build the documentation site (docs/, mkdocs.yml) into site/, offline; any
+## warning (a broken link, a page missing from the nav) is an error
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 format: $(STAMP)
 	$(BIN)/ruff format stabilizer_asgi tests benchmarks examples
 	$(BIN)/ruff check --fix stabilizer_asgi tests benchmarks examples
@@ -62,4 +68,4 @@ bench-quick: $(BSTAMP)
 	$(BIN)/python -m benchmarks.run --quick
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache site

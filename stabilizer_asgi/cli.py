@@ -229,7 +229,7 @@ _FIELD_HELP = {
     "on_disconnect": "MODULE:ASYNC_CALLABLE run with the session when it ends",
     "on_timeout": "MODULE:ASYNC_CALLABLE run with the session on a heartbeat timeout",
     "on_resume": "MODULE:ASYNC_CALLABLE run with the session when it is resumed",
-    "backend": "'memory', or the URL of an installed URL backend (README: Backends); other "
+    "backend": "'memory', or the URL of an installed URL backend (docs/backends.md); other "
     "backends are objects, passed from Python",
 }
 

@@ -38,7 +38,7 @@ def echo_app(codes: list[int]) -> StabilizerMiddleware:
 async def test_leaving_the_block_right_after_recv_closes_at_once_and_ends_the_session(
     uvicorn_server: Any,
 ) -> None:
-    """Leaving `async with connect(...)` right after `recv()` (the README's example) closes
+    """Leaving `async with connect(...)` right after `recv()` (the documented example) closes
     within a generous bound (not after ping_interval + ping_timeout, as Python 3.10/3.11 did
     when a swallowed cancellation kept the client's timer alive), the server's app sees 1000
     and the session is ended, not kept DETACHED."""

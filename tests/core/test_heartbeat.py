@@ -33,7 +33,7 @@ def test_worst_case_detection_is_interval_plus_timeout_plus_two_ticks() -> None:
     """Over every phase of the last frame against the tick boundaries, a silent peer is found
     no earlier than interval + timeout and less than 2 ticks after it; the worst case (last
     frame just after a boundary, timeout just over a whole number of ticks) comes within
-    1% of a tick of that bound, so the README's bound is also tight."""
+    1% of a tick of that bound, so the bound in docs/behaviour.md is also tight."""
     tick, interval, timeout = 0.1, 1.0, 0.3000001
     delays = [detection_delay(tick, interval, timeout, 1000.0 + i * tick / 500) for i in range(500)]
     assert min(delays) >= interval + timeout

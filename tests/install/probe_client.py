@@ -1,6 +1,6 @@
 """Run inside a fresh venv holding the wheel with [server,client] (`check_install.py`): one
 message round-trips through `stabilizer-asgi serve` with the package's own client, leaving the
-`async with` block right after `recv()` (the README's example) closes promptly, and the server
+`async with` block right after `recv()` (the documented example) closes promptly, and the server
 ends the session. Usage: probe_client.py PORT ADMIN_TOKEN. Prints one JSON line."""
 
 from __future__ import annotations
