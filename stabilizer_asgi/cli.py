@@ -33,7 +33,7 @@ import signal
 import socket
 import sys
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType, NoneType, UnionType
 from typing import Any
@@ -468,10 +468,8 @@ def find_manager(app: object) -> Stabilizer | None:
     return None
 
 
-def is_stabilized(app: object) -> bool:
-    """True if `app` already runs behind `StabilizerMiddleware` (instance or `add_middleware`)."""
-    if find_manager(app) is not None:
-        return True
+def _declared(app: object) -> Iterator[Any]:
+    """The `add_middleware(StabilizerMiddleware, ...)` entries declared along `app`'s chain."""
     seen: set[int] = set()
     obj: object = app
     while obj is not None and id(obj) not in seen and len(seen) < 64:
@@ -479,9 +477,13 @@ def is_stabilized(app: object) -> bool:
         for middleware in getattr(obj, "user_middleware", None) or ():
             cls = getattr(middleware, "cls", None)
             if isinstance(cls, type) and issubclass(cls, StabilizerMiddleware):
-                return True
+                yield middleware
         obj = getattr(obj, "app", None)
-    return False
+
+
+def is_stabilized(app: object) -> bool:
+    """True if `app` already runs behind `StabilizerMiddleware` (instance or `add_middleware`)."""
+    return find_manager(app) is not None or next(_declared(app), None) is not None
 
 
 def max_message_size_of(app: object) -> int | None:
@@ -491,21 +493,15 @@ def max_message_size_of(app: object) -> int | None:
     manager = find_manager(app)
     if manager is not None:
         return manager.config.max_message_size
-    seen: set[int] = set()
-    obj: object = app
-    while obj is not None and id(obj) not in seen and len(seen) < 64:
-        seen.add(id(obj))
-        for middleware in getattr(obj, "user_middleware", None) or ():
-            cls = getattr(middleware, "cls", None)
-            if isinstance(cls, type) and issubclass(cls, StabilizerMiddleware):
-                args, kwargs = getattr(middleware, "args", ()), getattr(middleware, "kwargs", {})
-                try:
-                    base = args[0] if args else kwargs.get("config")
-                    rest = {k: v for k, v in kwargs.items() if k != "config"}
-                    return StabilizerConfig.from_kwargs(base, **rest).max_message_size
-                except (ConfigError, TypeError):
-                    break  # its own error surfaces when the app starts
-        obj = getattr(obj, "app", None)
+    middleware = next(_declared(app), None)
+    if middleware is not None:
+        args, kwargs = getattr(middleware, "args", ()), getattr(middleware, "kwargs", {})
+        try:
+            base = args[0] if args else kwargs.get("config")
+            rest = {k: v for k, v in kwargs.items() if k != "config"}
+            return StabilizerConfig.from_kwargs(base, **rest).max_message_size
+        except (ConfigError, TypeError):
+            pass  # its own error surfaces when the app starts
     return StabilizerConfig().max_message_size
 
 
