@@ -49,6 +49,21 @@ SECRET_GENERATED = "secret_generated"
 SIGNAL_RECEIVED = "signal_received"
 """The sidecar got a shutdown signal: signal, action ("drain" or "exit")."""
 
+# Cluster mode (backends/redis.py; cluster.py).
+CLUSTER_UP = "cluster_up"
+"""The node is subscribed to its cluster and caught up: node, caught_up (read from history)."""
+CLUSTER_DOWN = "cluster_down"
+"""WARNING. The node lost Redis or its subscription; its own sessions carry on: node, error."""
+CLUSTER_DEAF = "cluster_deaf"
+"""WARNING. The probe through Redis did not come back: the subscription is rebuilt: node."""
+CLUSTER_GAP = "cluster_gap"
+"""ERROR. Publications were lost before this node read them: node, origin, group, missed."""
+CLUSTER_EPOCH_CHANGED = "cluster_epoch_changed"
+"""WARNING. Redis lost its data (a restart without persistence, a failover): node."""
+CLUSTER_OUTBOX_OVERFLOW = "cluster_outbox_overflow"
+"""ERROR. Publications did not fit the outbox while Redis was unreachable: node, dropped, detail
+(logged at the 1st, 10th, 100th, ... drop)."""
+
 EVENTS = (
     CONNECTED,
     RESUMED,
@@ -64,6 +79,12 @@ EVENTS = (
     HOOK_FAILED,
     SECRET_GENERATED,
     SIGNAL_RECEIVED,
+    CLUSTER_UP,
+    CLUSTER_DOWN,
+    CLUSTER_DEAF,
+    CLUSTER_GAP,
+    CLUSTER_EPOCH_CHANGED,
+    CLUSTER_OUTBOX_OVERFLOW,
 )
 
 # The message of each event's records: a `str.format` template over the event's fields.
@@ -102,6 +123,24 @@ SECRET_GENERATED_MESSAGE = (
     "not survive a restart or work across workers"
 )
 SIGNAL_RECEIVED_MESSAGE = "Received {signal}: {action}"
+CLUSTER_UP_MESSAGE = (
+    "Cluster node {node} is subscribed and caught up ({caught_up} publications read from history)"
+)
+CLUSTER_DOWN_MESSAGE = (
+    "Cluster node {node} lost Redis ({error}): serving its own sessions, publications wait in "
+    "the outbox"
+)
+CLUSTER_DEAF_MESSAGE = (
+    "Cluster node {node} did not get its own probe back: its subscription is deaf, rebuilding it"
+)
+CLUSTER_GAP_MESSAGE = (
+    "Cluster node {node} lost {missed} publications of node {origin} (group {group}) before "
+    "reading them"
+)
+CLUSTER_EPOCH_CHANGED_MESSAGE = (
+    "Cluster node {node}: Redis lost its data (restart without persistence or failover)"
+)
+CLUSTER_OUTBOX_OVERFLOW_MESSAGE = "Cluster node {node} dropped {dropped} publications: {detail}"
 
 MESSAGES = {name: globals()[name.upper() + "_MESSAGE"] for name in EVENTS}
 """Event name → its message template."""

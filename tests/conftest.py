@@ -92,3 +92,15 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is required but not installed: run `make tools`")
     return path
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    """A real redis-server on a free port, no persistence, stopped by pid afterwards."""
+    from .redis_support import RedisServer
+
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

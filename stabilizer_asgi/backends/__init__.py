@@ -16,16 +16,41 @@ import importlib.util
 from typing import NamedTuple
 
 from ..exceptions import ConfigError
-from .base import Backend, Deliver, Envelope, SessionRecord
-from .memory import MemoryBackend
+from ._legacy import Backend, Deliver, Envelope, SessionRecord
+from ._legacy import MemoryBackend as LegacyMemoryBackend
+from .base import Backend as ClusterBackend
+from .base import (
+    BackendStatus,
+    Broker,
+    Command,
+    Node,
+    NodeInfo,
+    Payload,
+    Presence,
+    Publication,
+    SessionStore,
+)
+from .memory import MemoryBackend, MemoryHub
 
 __all__ = [
     "URL_BACKENDS",
     "Backend",
+    "BackendStatus",
+    "Broker",
+    "ClusterBackend",
+    "Command",
     "Deliver",
     "Envelope",
+    "LegacyMemoryBackend",
     "MemoryBackend",
+    "MemoryHub",
+    "Node",
+    "NodeInfo",
+    "Payload",
+    "Presence",
+    "Publication",
     "SessionRecord",
+    "SessionStore",
     "UrlBackend",
     "check_backend",
     "create_backend",
@@ -92,7 +117,7 @@ def create_backend(spec: object) -> Backend:
     """The backend the `backend` setting names: "memory", a URL backend, or the object as is."""
     url_backend = check_backend(spec)
     if spec == "memory":
-        return MemoryBackend()
+        return LegacyMemoryBackend()
     if url_backend is not None:
         module, _, name = url_backend.factory.partition(":")
         factory = getattr(importlib.import_module(module), name)

@@ -1,55 +1,167 @@
-"""The backend protocol: broadcast fan-out and the record of resumable sessions."""
+"""The cluster seam: what one node (one `Stabilizer`) needs from the other nodes of its cluster.
+
+A backend connects its node to the cluster through three facets, split by job:
+
+- `Broker`: publications (broadcasts to everyone or to one group) and commands addressed to
+  whichever node holds a session. A node receives a group's publications only while it has
+  subscribed to the group (the manager subscribes on a group's first local member).
+- `Presence`: the live nodes and their connection counts, and the cluster-wide client-id
+  index behind `duplicate_client`.
+- `SessionStore`: the cluster-wide record of reconnect tokens, so a token is used once.
+  (Resume on another node adds parking, the mailbox of a parked session and the hand-over
+  claim here; see docs/cluster.md, "What comes next".)
+
+The backend calls back into its node through `Node`. Nothing crosses the seam as an ASGI
+event: payloads are `str` (a text frame) or `bytes` (a binary frame), with their metadata.
+
+Lifecycle: `await task_group.start(backend.run, node)` connects (or, if the cluster store is
+unreachable, starts degraded and keeps trying: a node serves its own sessions without it) and
+returns once the node is part of the cluster; `await backend.stop()` sends what is still
+queued (bounded by its timeout), leaves the cluster and makes `run` return.
+
+Every method is called from the node's event loop; the synchronous ones never block.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import anyio.abc
+
+Payload = str | bytes
 
 
 @dataclass(frozen=True, slots=True)
-class Envelope:
-    """One broadcast: the encoded frame, its target group (None = all) and exclusions."""
+class Publication:
+    """A broadcast: its payload, its group (None = every session) and the sessions it skips."""
 
-    frame: dict[str, Any]
-    size: int
+    payload: Payload
     group: str | None = None
     exclude: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
-class SessionRecord:
-    """What another instance needs to know about a detached, resumable session."""
+class Command:
+    """An action on a session (or, for "kick_client", a client id) held by another node.
 
-    session_id: str
-    client_id: str | None
-    groups: frozenset[str]
-    generation: int
-    detached_at: float  # epoch seconds
+    `action` is "send" (`payload`), "close" (`code`, `reason`), "join" / "leave" (`group`) or
+    "kick_client" (`target` is a client id: close its sessions with `code`, `reason`).
+    """
+
+    action: str
+    target: str
+    payload: Payload | None = None
+    group: str | None = None
+    code: int = 1000
+    reason: str = ""
 
 
-# Delivers an envelope to this instance's sessions; returns (total, delivered, dropped, failed).
-Deliver = Callable[[Envelope], tuple[int, int, int, int]]
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """One live node as the cluster sees it."""
+
+    id: str
+    connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStatus:
+    """What `stats()["cluster"]` and the health route report about the backend.
+
+    `healthy` is False while the node cannot prove it is part of the cluster (store
+    unreachable, subscription not confirmed by the probe); `problem` then says why.
+    `nodes` is the last view of the live nodes, this one included.
+    """
+
+    healthy: bool
+    problem: str | None
+    nodes: tuple[NodeInfo, ...]
+    counters: Mapping[str, int] = field(default_factory=dict)
+
+
+class Node(Protocol):
+    """What a backend calls on its node. All but `execute` are synchronous and quick."""
+
+    def deliver(self, publication: Publication) -> None:
+        """A publication of another node: fan it out to the matching local sessions."""
+
+    async def execute(self, command: Command) -> bool | None:
+        """Carry out a command on a local session: True done, False refused, None: not here."""
+
+    def lost(self, group: str | None) -> None:
+        """Publications for `group` (None: for everyone) were lost before this node read them."""
+
+    def connections(self) -> int:
+        """This node's open connections, reported to the cluster."""
+
+
+@runtime_checkable
+class Broker(Protocol):
+    def publish(self, publication: Publication) -> None:
+        """Queue a publication for every other node, in order; never waits, never raises on an
+        outage (it waits in a bounded outbox; overflow is counted and makes receivers see a
+        gap). The publishing node delivers to its own sessions itself."""
+
+    async def subscribe(self, group: str) -> None:
+        """Receive `group`'s publications from now on; returns once that holds (or after the
+        backend's timeout when the cluster is unreachable: it is then caught up later)."""
+
+    def unsubscribe(self, group: str) -> None:
+        """Stop receiving `group`'s publications."""
+
+    async def request(self, command: Command) -> bool:
+        """Ask the other nodes to carry out `command`: True once one did, False when none
+        holds the target or none answered within the backend's timeout."""
+
+
+@runtime_checkable
+class Presence(Protocol):
+    def nodes(self) -> tuple[NodeInfo, ...]:
+        """The live nodes (this one included), as of the last presence round."""
+
+    async def claim_client(self, client_id: str, *, exclusive: bool) -> tuple[str, ...]:
+        """Register a session of `client_id` on this node, atomically with looking it up: the
+        other live nodes that hold sessions of it. With `exclusive`, nothing is registered
+        when there are any."""
+
+    def release_client(self, client_id: str) -> None:
+        """A session of `client_id` registered by `claim_client` ended on this node."""
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    async def claim_token(self, session_id: str, generation: int, ttl: float) -> bool:
+        """Use the token of generation `generation` of `session_id`, atomically across the
+        cluster: True for the first claim, False when it (or a later one) was used already.
+        The record lasts `ttl` seconds."""
+
+    async def generation(self, session_id: str) -> int | None:
+        """The generation the session's last claim moved it to (tokens below it are used), or
+        None when no claim is on record."""
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """What the manager needs from a backend. Every method is safe to call concurrently.
+    """A node's connection to its cluster; see the module docstring for the lifecycle."""
 
-    `publish` must deliver to this instance's sessions before it returns (through the `deliver`
-    callback given to `start`) and return those counts; a distributed backend also forwards the
-    envelope to every other instance, which deliver it with their own callbacks.
-    Session records expire by themselves `ttl` seconds after they are saved.
-    """
+    @property
+    def node_id(self) -> str: ...
 
-    async def start(self, deliver: Deliver) -> None: ...
+    @property
+    def broker(self) -> Broker: ...
 
-    async def stop(self) -> None: ...
+    @property
+    def presence(self) -> Presence: ...
 
-    def publish(self, envelope: Envelope) -> Awaitable[tuple[int, int, int, int]]: ...
+    @property
+    def store(self) -> SessionStore: ...
 
-    async def save_session(self, record: SessionRecord, ttl: float) -> None: ...
+    async def run(
+        self, node: Node, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None: ...
 
-    async def load_session(self, session_id: str) -> SessionRecord | None: ...
+    async def stop(self, timeout: float = 5.0) -> None: ...
 
-    async def delete_session(self, session_id: str) -> None: ...
+    def status(self) -> BackendStatus: ...

@@ -339,8 +339,7 @@ def test_config_is_immutable() -> None:
 def test_backend_check_matches_the_backend_protocol() -> None:
     """Config requires exactly the methods of `backends.base.Backend`, and the memory backend
     has them all."""
-    from stabilizer_asgi.backends.base import Backend
-    from stabilizer_asgi.backends.memory import MemoryBackend
+    from stabilizer_asgi.backends._legacy import Backend, MemoryBackend
 
     protocol_methods = {
         name

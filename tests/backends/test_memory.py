@@ -1,28 +1,16 @@
-"""The in-memory backend against the backend contract, and through the manager."""
+"""The in-memory hub against the cluster contract: managers in one process form a cluster."""
 
 from __future__ import annotations
 
 import pytest
 
-from stabilizer_asgi import ConfigError, Stabilizer
-from stabilizer_asgi.backends import MemoryBackend
+from stabilizer_asgi.backends import MemoryBackend, MemoryHub
 
-from .contract import BackendContract
+from .contract import ClusterContract, NewBackend
 
 
-class TestMemoryBackend(BackendContract):
+class TestMemoryHub(ClusterContract):
     @pytest.fixture
-    def backend(self) -> MemoryBackend:
-        return MemoryBackend()
-
-
-def test_manager_uses_a_backend_object_it_is_given() -> None:
-    backend = MemoryBackend()
-    assert Stabilizer(backend=backend).backend is backend
-
-
-@pytest.mark.parametrize("spec", ["redis://localhost:6379/0", object()])
-def test_unavailable_backends_are_config_errors(spec: object) -> None:
-    with pytest.raises(ConfigError) as info:
-        Stabilizer(backend=spec)
-    assert "backend" in str(info.value)
+    def new_backend(self) -> NewBackend:
+        hub = MemoryHub()
+        return lambda: MemoryBackend(hub)

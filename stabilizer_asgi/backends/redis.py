@@ -1,0 +1,1030 @@
+"""The Redis backend: every process sharing one Redis URL and `cluster_name` is a node.
+
+How a publication travels, and why nothing is lost or repeated:
+
+- The publisher gives every publication an origin sequence number `s` (per node) and `p`, the
+  `s` of its previous publication on the same topic. One script call per publication (batched
+  with whatever else is queued, in one pipeline) appends it to the topic's history stream
+  (bounded by `history_messages`, expiring `history_ttl` after the last one) and PUBLISHes it
+  with its stream id. Nothing is done per recipient.
+- Publications wait in an ordered, bounded outbox while Redis is unreachable and go out in order
+  when it returns. A batch whose outcome is unknown is sent again; receivers drop repeats.
+- A node reads every topic it subscribes to (everyone's, and its groups') on one pub/sub
+  connection. On every (re)connection it subscribes first, then reads each topic's stream from
+  the last id it delivered (the whole stream if Redis lost its data: the epoch key changed),
+  delivers what it missed in per-origin order, then carries on with the live messages.
+- Per (origin, topic) a receiver remembers the last `s` it delivered: an `s` at or below it is a
+  repeat (dropped); a `p` above it means publications it never saw existed. Only then is there a
+  gap (Redis restarted empty before they were read, history trimmed, an outbox overflowed): it is
+  counted, logged and reported to the node (`Node.lost`). A Redis restart alone is not a gap.
+- A probe published to the node's own channel every `probe_interval / 4` must come back within
+  `probe_interval / 2`; if it does not, the subscription is deaf (e.g. a connection kept to a
+  demoted primary) and is rebuilt, so it is healed within `probe_interval`.
+
+Presence: every `probe_interval / 4` a node refreshes its record (connections) with a TTL of
+3 × `probe_interval` and reads every live node's; a node that stops refreshing drops out of every
+view within 3 × `probe_interval`. Commands go out on one channel every node reads; each node
+answers on the requester's channel (done / refused / not here).
+
+Requires the asyncio event loop (redis-py's asyncio client). No Redis Cluster (keys of one
+cluster name are used together in scripts); Sentinel and managed Redis work through their URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import secrets
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+
+from .. import logging as _log
+from ..core.backoff import Backoff
+from ..exceptions import ConfigError
+from .base import BackendStatus, Command, Node, NodeInfo, Payload, Publication
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
+
+logger = logging.getLogger("stabilizer_asgi")
+
+# Topic names: "*" is every session; "g:<name>" is a group.
+ALL_TOPIC = "*"
+# Publications a publisher remembers the previous sequence number of (per topic, LRU).
+MAX_TOPICS = 65_536
+# Outbox entries sent in one pipeline at most.
+MAX_BATCH = 512
+_RECONNECT = Backoff(base=0.05, cap=0.5)
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+# KEYS: stream, channel. ARGV: maxlen, ttl ms, message.
+_PUBLISH = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', KEYS[2], id .. '\\n' .. ARGV[3])
+return id
+"""
+# KEYS: nodes zset. ARGV: prefix, node id, ttl ms, record (or "" to leave).
+# Returns the live nodes' ids and records, flattened.
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+local me = ARGV[2]
+if ARGV[4] == '' then
+  redis.call('ZREM', KEYS[1], me)
+  redis.call('DEL', ARGV[1] .. ':node:' .. me, ARGV[1] .. ':clients:' .. me)
+else
+  redis.call('ZADD', KEYS[1], now + ttl, me)
+  redis.call('SET', ARGV[1] .. ':node:' .. me, ARGV[4], 'PX', ttl)
+  redis.call('PEXPIRE', ARGV[1] .. ':clients:' .. me, ttl)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local rec = redis.call('GET', ARGV[1] .. ':node:' .. id)
+  if rec then
+    out[#out + 1] = id
+    out[#out + 1] = rec
+  end
+end
+return out
+"""
+# KEYS: nodes zset. ARGV: prefix, node id, client id, exclusive ("1"/"0"), ttl ms.
+# Returns {registered (1/0), holder ids...}.
+_CLAIM_CLIENT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {0}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
+  if id ~= ARGV[2] then
+    local n = tonumber(redis.call('HGET', ARGV[1] .. ':clients:' .. id, ARGV[3]) or '0')
+    if n > 0 then out[#out + 1] = id end
+  end
+end
+if ARGV[4] == '1' and #out > 1 then return out end
+local mine = ARGV[1] .. ':clients:' .. ARGV[2]
+redis.call('HINCRBY', mine, ARGV[3], 1)
+redis.call('PEXPIRE', mine, ARGV[5])
+out[1] = 1
+return out
+"""
+# KEYS: the node's clients hash. ARGV: client id.
+_RELEASE_CLIENT = """
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1
+"""
+# KEYS: the session's generation key. ARGV: generation, ttl ms.
+_CLAIM_TOKEN = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if cur > tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], tonumber(ARGV[1]) + 1, 'PX', ARGV[2])
+return 1
+"""
+
+
+def _stream_id(raw: bytes | str) -> tuple[int, int]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _encode(header: dict[str, Any], payload: Payload | None) -> bytes:
+    if isinstance(payload, str):
+        header["b"] = 0
+        body = payload.encode("utf-8", "surrogatepass")
+    elif payload is None:
+        body = b""
+    else:
+        header["b"] = 1
+        body = bytes(payload)
+    return _dumps(header).encode() + b"\n" + body
+
+
+def _decode(data: bytes) -> tuple[dict[str, Any], Payload | None]:
+    head, _, body = data.partition(b"\n")
+    header: dict[str, Any] = json.loads(head)
+    kind = header.get("b")
+    if kind == 0:
+        return header, body.decode("utf-8", "surrogatepass")
+    if kind == 1:
+        return header, body
+    return header, None
+
+
+@dataclass
+class _Pending:
+    """A command waiting for the other nodes' answers."""
+
+    expected: set[str]
+    done: anyio.Event
+    result: bool = False
+
+
+# Outbox entry kinds.
+_PUB, _RAW, _RELEASE, _PROBE = 0, 1, 2, 3
+
+
+class RedisBackend:
+    """A node of the cluster named `cluster_name` on the Redis at `url` (see module docstring).
+
+    `probe_interval`: seconds within which a deaf subscription is detected and rebuilt (also
+    the presence period: a dead node leaves every view within 3 × it). `timeout`: seconds a
+    command to another node, or one Redis call, may take. `max_outbox_messages` /
+    `max_outbox_bytes`: what waits while Redis is unreachable. `history_messages`: publications
+    kept per topic for nodes catching up; `history_ttl`: seconds a topic's history outlives its
+    last publication.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cluster_name: str = "stabilizer",
+        node_id: str | None = None,
+        probe_interval: float = 10.0,
+        timeout: float = 5.0,
+        max_outbox_messages: int = 10_000,
+        max_outbox_bytes: int = 16 * 1024 * 1024,
+        history_messages: int = 10_000,
+        history_ttl: float = 600.0,
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("backend", url, "a redis://, rediss:// or unix:// URL")
+        try:
+            import redis.asyncio  # noqa: F401
+        except ImportError as exc:  # pragma: no cover - depends on the installed extras
+            raise ConfigError(
+                "backend", "redis://…", "installed redis-py: pip install 'stabilizer-asgi[redis]'"
+            ) from exc
+        if (
+            not isinstance(cluster_name, str)
+            or not cluster_name
+            or any(c.isspace() for c in cluster_name)
+        ):
+            raise ConfigError("cluster_name", cluster_name, "a non-empty str without whitespace")
+        self._url = url
+        self._node_id = node_id or secrets.token_hex(8)
+        self._prefix = cluster_name
+        self._probe_interval = float(probe_interval)
+        self._timeout = float(timeout)
+        self._max_outbox = max_outbox_messages
+        self._max_outbox_bytes = max_outbox_bytes
+        self._history = history_messages
+        self._history_ttl_ms = max(1, int(history_ttl * 1000))
+        self._presence_ttl_ms = max(1, int(3 * self._probe_interval * 1000))
+        p = cluster_name
+        self._node_channel = f"{p}:n:{self._node_id}".encode()
+        self._cmd_channel = f"{p}:cmd".encode()
+        self._topic_prefix = f"{p}:c:".encode()
+        self._nodes_key = f"{p}:nodes"
+        self._epoch_key = f"{p}:epoch"
+        self._clients_key = f"{p}:clients:{self._node_id}"
+
+        self._node: Node | None = None
+        self._redis: Redis | None = None
+        self._sub_redis: Redis | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._stopping = False
+        # Outbox: (kind, a, b, size) in publish order.
+        self._outbox: deque[tuple[int, Any, bytes, int]] = deque()
+        self._outbox_bytes = 0
+        self._outbox_ready: anyio.Event | None = None
+        self._outbox_empty: anyio.Event | None = None
+        self._seq = 0
+        self._topic_seq: OrderedDict[str, int] = OrderedDict()
+        # Subscriptions: the groups this node wants, their confirmations, what was read.
+        self._groups: set[str] = set()
+        self._confirmed: dict[bytes, anyio.Event] = {}
+        self._last_id: dict[str, tuple[int, int]] = {}
+        self._seen: dict[tuple[str, str], int] = {}
+        # When each origin was last heard of: what was read from it is forgotten only long
+        # after it left (a Redis restart empties the presence view for a moment).
+        self._heard: dict[str, float] = {}
+        self._pubsub: PubSub | None = None
+        self._reader_scope: anyio.CancelScope | None = None
+        self._first_attempt: anyio.Event | None = None
+        self._live = False
+        self._write_error: str | None = None
+        self._read_error: str | None = None
+        self._probe_pending_since: float | None = None
+        self._epoch: bytes | None = None
+        # Presence and commands.
+        self._nodes: dict[str, NodeInfo] = {}
+        self._clients: dict[str, int] = {}
+        self._pending: dict[str, _Pending] = {}
+        self.counters: dict[str, int] = {
+            "published": 0,
+            "received": 0,
+            "caught_up": 0,
+            "duplicates": 0,
+            "gaps": 0,
+            "outbox_dropped": 0,
+            "reconnects": 0,
+            "deaf": 0,
+            "epoch_changes": 0,
+        }
+        self._scripts: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ facets
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    @property
+    def broker(self) -> RedisBackend:
+        return self
+
+    @property
+    def presence(self) -> RedisBackend:
+        return self
+
+    @property
+    def store(self) -> RedisBackend:
+        return self
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _client(self, *, blocking: bool) -> Redis:
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # No retries inside redis-py: this backend decides when to reconnect and says so.
+        return Redis.from_url(
+            self._url,
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=self._timeout,
+            socket_timeout=None if blocking else self._timeout,
+            client_name=f"stabilizer:{self._prefix}:{self._node_id}",
+        )
+
+    async def run(
+        self, node: Node, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        if self._node is not None:
+            raise RuntimeError("this backend is already running")
+        self._node = node
+        self._stopping = False
+        self._first_attempt = anyio.Event()
+        self._redis = self._client(blocking=False)
+        self._sub_redis = self._client(blocking=True)
+        self._nodes = {self._node_id: NodeInfo(self._node_id, node.connections())}
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._writer)
+                tg.start_soon(self._reader)
+                tg.start_soon(self._ticker)
+                # Start as a member of the cluster, or degraded (and saying so) when Redis is
+                # unreachable: the node serves its own sessions either way.
+                with anyio.move_on_after(self._timeout):
+                    await self._first_attempt.wait()
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            self._tg = None
+            self._node = None
+            self._live = False
+            with anyio.CancelScope(shield=True):
+                for client in (self._pubsub, self._redis, self._sub_redis):
+                    if client is not None:
+                        with anyio.move_on_after(1.0):
+                            with contextlib.suppress(Exception):  # a broken connection
+                                await client.aclose()
+            self._pubsub = self._redis = self._sub_redis = None
+            for pending in self._pending.values():
+                pending.done.set()
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Send what the outbox holds (up to `timeout`), leave the cluster, stop."""
+        tg = self._tg
+        if tg is None:
+            return
+        self._stopping = True
+        with anyio.move_on_after(timeout):
+            while self._outbox:
+                empty = self._outbox_empty = anyio.Event()
+                self._wake_writer()
+                await empty.wait()
+        if self._outbox:
+            self.counters["outbox_dropped"] += len(self._outbox)
+            _log.event(
+                logger,
+                _log.CLUSTER_OUTBOX_OVERFLOW,
+                level=logging.ERROR,
+                node=self._node_id,
+                dropped=len(self._outbox),
+                detail="stopped with publications Redis never took",
+            )
+        redis = self._redis
+        if redis is not None:
+            with anyio.move_on_after(min(timeout, self._timeout)):
+                try:
+                    await self._script(redis, "heartbeat", [self._nodes_key], *self._presence(""))
+                    await redis.publish(
+                        self._cmd_channel, _encode({"k": "bye", "f": self._node_id}, None)
+                    )
+                except Exception:
+                    pass
+        tg.cancel_scope.cancel()
+
+    def status(self) -> BackendStatus:
+        problem = None
+        if self._node is None:
+            problem = "not started"
+        elif self._write_error is not None:
+            problem = f"redis unreachable: {self._write_error}"
+        elif self._read_error is not None:
+            problem = f"subscription down: {self._read_error}"
+        elif not self._live:
+            problem = "subscription not confirmed"
+        counters = dict(self.counters)
+        counters["outbox"] = len(self._outbox)
+        return BackendStatus(
+            healthy=problem is None,
+            problem=problem,
+            nodes=tuple(sorted(self._nodes.values(), key=lambda n: n.id)),
+            counters=counters,
+        )
+
+    # ------------------------------------------------------------------ broker: publishing
+
+    def publish(self, publication: Publication) -> None:
+        if self._node is None:
+            return
+        group = publication.group
+        topic = ALL_TOPIC if group is None else "g:" + group
+        self._seq = seq = self._seq + 1
+        topics = self._topic_seq
+        prev = topics.pop(topic, 0)
+        topics[topic] = seq
+        if len(topics) > MAX_TOPICS:
+            topics.popitem(last=False)
+        header: dict[str, Any] = {"o": self._node_id, "s": seq, "p": prev}
+        if group is not None:
+            header["g"] = group
+        if publication.exclude:
+            header["x"] = sorted(publication.exclude)
+        self.counters["published"] += 1
+        self._enqueue(_PUB, topic, _encode(header, publication.payload))
+
+    def _enqueue(self, kind: int, target: Any, message: bytes) -> bool:
+        size = len(message)
+        if (
+            len(self._outbox) >= self._max_outbox
+            or self._outbox_bytes + size > self._max_outbox_bytes
+        ):
+            # Dropped, not sent: its sequence number is spent, so receivers see the gap.
+            self.counters["outbox_dropped"] += 1
+            _log.event(
+                logger,
+                _log.CLUSTER_OUTBOX_OVERFLOW,
+                level=logging.ERROR,
+                node=self._node_id,
+                dropped=self.counters["outbox_dropped"],
+                detail="outbox full while Redis is unreachable",
+            )
+            return False
+        self._outbox.append((kind, target, message, size))
+        self._outbox_bytes += size
+        self._wake_writer()
+        return True
+
+    def _wake_writer(self) -> None:
+        ready = self._outbox_ready
+        if ready is not None:
+            self._outbox_ready = None
+            ready.set()
+
+    async def _writer(self) -> None:
+        """Send the outbox in order, in batches; keep it while Redis is unreachable."""
+        outbox = self._outbox
+        attempt = 0
+        while True:
+            if not outbox:
+                empty = self._outbox_empty
+                if empty is not None:
+                    self._outbox_empty = None
+                    empty.set()
+                ready = self._outbox_ready = anyio.Event()
+                await ready.wait()
+                continue
+            batch = [outbox[i] for i in range(min(len(outbox), MAX_BATCH))]
+            try:
+                await self._send_batch(batch)
+            except Exception as exc:
+                self._down("write", exc)
+                await anyio.sleep(_RECONNECT.delay(attempt, random.random()))
+                attempt += 1
+                continue
+            attempt = 0
+            if self._write_error is not None:
+                self._write_error = None
+            for _ in batch:
+                entry = outbox.popleft()
+                self._outbox_bytes -= entry[3]
+
+    async def _send_batch(self, batch: list[tuple[int, Any, bytes, int]]) -> None:
+        redis = self._redis
+        assert redis is not None
+        sha = await self._sha(redis, "publish")
+        release = await self._sha(redis, "release")
+        pipe = redis.pipeline(transaction=False)
+        p = self._prefix
+        for kind, target, message, _size in batch:
+            if kind == _PUB:
+                pipe.evalsha(
+                    sha,
+                    2,
+                    f"{p}:h:{target}",
+                    self._topic_prefix + target.encode(),
+                    self._history,
+                    self._history_ttl_ms,
+                    message,
+                )
+            elif kind in (_RAW, _PROBE):
+                pipe.publish(target, message)
+            else:
+                pipe.evalsha(release, 1, self._clients_key, target)
+        results = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, Exception):
+                if "NOSCRIPT" in str(result):
+                    self._scripts.clear()  # Redis restarted: load the scripts again
+                raise result
+
+    # ------------------------------------------------------------------ scripts
+
+    async def _sha(self, redis: Redis, name: str) -> str:
+        sha = self._scripts.get(name)
+        if sha is None:
+            source = {
+                "publish": _PUBLISH,
+                "heartbeat": _HEARTBEAT,
+                "claim_client": _CLAIM_CLIENT,
+                "release": _RELEASE_CLIENT,
+                "claim_token": _CLAIM_TOKEN,
+            }[name]
+            sha = str(await redis.script_load(source))
+            self._scripts[name] = sha
+        return sha
+
+    async def _script(self, redis: Redis, name: str, keys: list[str], *args: Any) -> Any:
+        for _ in range(2):
+            sha = await self._sha(redis, name)
+            try:
+                return await redis.evalsha(sha, len(keys), *keys, *args)
+            except Exception as exc:
+                if "NOSCRIPT" not in str(exc):
+                    raise
+                self._scripts.clear()
+        raise RuntimeError("script could not be loaded")  # pragma: no cover
+
+    # ------------------------------------------------------------------ broker: subscribing
+
+    async def subscribe(self, group: str) -> None:
+        if self._node is None or group in self._groups:
+            return
+        self._groups.add(group)
+        channel = self._topic_prefix + ("g:" + group).encode()
+        confirmed = self._confirmed[channel] = anyio.Event()
+        pubsub = self._pubsub
+        if pubsub is None or not self._live:
+            # Unreachable: the next connection subscribes to it. The node's own sessions must
+            # not wait for Redis.
+            return
+        try:
+            await pubsub.subscribe(channel)
+        except Exception as exc:  # the reader sees the broken connection and rebuilds it
+            self._down("read", exc)
+            return
+        with anyio.move_on_after(self._timeout):
+            await confirmed.wait()
+
+    def unsubscribe(self, group: str) -> None:
+        if group not in self._groups:
+            return
+        self._groups.discard(group)
+        topic = "g:" + group
+        channel = self._topic_prefix + topic.encode()
+        self._confirmed.pop(channel, None)
+        self._last_id.pop(topic, None)
+        for key in [k for k in self._seen if k[1] == topic]:
+            del self._seen[key]
+        tg = self._tg
+        if tg is not None:
+            tg.start_soon(self._unsubscribe, group, channel)
+
+    async def _unsubscribe(self, group: str, channel: bytes) -> None:
+        pubsub = self._pubsub
+        if group in self._groups or pubsub is None or not self._live:
+            return  # joined again meanwhile, or the next connection will not subscribe to it
+        try:
+            await pubsub.unsubscribe(channel)
+        except Exception as exc:
+            self._down("read", exc)
+
+    async def _reader(self) -> None:
+        """Keep one pub/sub connection subscribed and caught up; rebuild it whenever it fails."""
+        attempt = 0
+        while True:
+            with anyio.CancelScope() as scope:
+                self._reader_scope = scope
+                try:
+                    await self._listen()
+                except Exception as exc:
+                    self._down("read", exc)
+            self._reader_scope = None
+            self._live = False
+            if self._first_attempt is not None:
+                self._first_attempt.set()
+            pubsub, self._pubsub = self._pubsub, None
+            if pubsub is not None:
+                with anyio.move_on_after(1.0, shield=True):
+                    with contextlib.suppress(Exception):  # the connection is broken already
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+            self.counters["reconnects"] += 1
+            if scope.cancelled_caught:
+                attempt = 0  # deaf: rebuild at once
+                continue
+            await anyio.sleep(_RECONNECT.delay(attempt, random.random()))
+            attempt += 1
+
+    def _topic_channels(self) -> list[bytes]:
+        prefix = self._topic_prefix
+        return [prefix + ALL_TOPIC.encode()] + [prefix + ("g:" + g).encode() for g in self._groups]
+
+    async def _listen(self) -> None:
+        sub = self._sub_redis
+        redis = self._redis
+        assert sub is not None and redis is not None
+        pubsub = self._pubsub = sub.pubsub()
+        wanted = [self._node_channel, self._cmd_channel, *self._topic_channels()]
+        await pubsub.subscribe(*wanted)
+        waiting = set(wanted)
+        early: list[dict[str, Any]] = []
+        with anyio.fail_after(self._timeout):
+            while waiting:
+                message = await pubsub.get_message(timeout=None)
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    waiting.discard(message["channel"])
+                else:
+                    early.append(message)
+        epoch_changed = await self._check_epoch(redis)
+        caught_up = await self._catch_up(redis, epoch_changed)
+        await self._resync_clients(redis)
+        self._live = True
+        self._read_error = None
+        self._probe_pending_since = None
+        for channel, event in self._confirmed.items():
+            if channel in wanted:
+                event.set()
+        if self._first_attempt is not None:
+            self._first_attempt.set()
+        _log.event(logger, _log.CLUSTER_UP, node=self._node_id, caught_up=caught_up)
+        await self._announce(redis)
+        for message in early:
+            await self._handle(message)
+        while True:
+            message = await pubsub.get_message(timeout=None)
+            if message is not None:
+                await self._handle(message)
+
+    async def _check_epoch(self, redis: Redis) -> bool:
+        """True when Redis lost its data since this node last saw it (the epoch key changed)."""
+        pipe = redis.pipeline(transaction=False)
+        pipe.set(self._epoch_key, secrets.token_hex(8), nx=True)
+        pipe.get(self._epoch_key)
+        _, epoch = await pipe.execute()
+        previous, self._epoch = self._epoch, epoch
+        if previous is None or previous == epoch:
+            return False
+        self.counters["epoch_changes"] += 1
+        self._scripts.clear()
+        _log.event(logger, _log.CLUSTER_EPOCH_CHANGED, level=logging.WARNING, node=self._node_id)
+        return True
+
+    async def _catch_up(self, redis: Redis, from_start: bool) -> int:
+        """Deliver what was published on this node's topics while it was not listening."""
+        entries: list[tuple[str, int, str, tuple[int, int], dict[str, Any], Payload | None]] = []
+        p = self._prefix
+        topics = [ALL_TOPIC] + ["g:" + g for g in self._groups]
+        for topic in topics:
+            last = self._last_id.get(topic)
+            stream = f"{p}:h:{topic}"
+            if last is None and not from_start:
+                # Never read this topic: publications from now on are what it gets.
+                newest: Any = await redis.xrevrange(stream, count=1)
+                self._last_id[topic] = _stream_id(newest[0][0]) if newest else (0, 0)
+                continue
+            start = "-" if from_start or last is None else f"({last[0]}-{last[1]}"
+            while True:
+                batch: Any = await redis.xrange(stream, min=start, max="+", count=1000)
+                for raw_id, fields in batch:
+                    header, payload = _decode(fields[b"m"])
+                    entries.append(
+                        (header["o"], header["s"], topic, _stream_id(raw_id), header, payload)
+                    )
+                if len(batch) < 1000:
+                    break
+                start = "(" + batch[-1][0].decode()
+        # Per origin in its publishing order; origins need no order among themselves.
+        entries.sort(key=lambda e: (e[0], e[1]))
+        delivered = 0
+        for _origin, _seq, topic, stream_id, header, payload in entries:
+            if self._accept(topic, stream_id, header, payload):
+                delivered += 1
+        self.counters["caught_up"] += delivered
+        return delivered
+
+    async def _resync_clients(self, redis: Redis) -> None:
+        """Rewrite this node's client-id index (Redis may have lost it, or missed releases)."""
+        pipe = redis.pipeline(transaction=False)
+        pipe.delete(self._clients_key)
+        if self._clients:
+            pipe.hset(self._clients_key, mapping=dict(self._clients))  # type: ignore[arg-type]
+            pipe.pexpire(self._clients_key, self._presence_ttl_ms)
+        await pipe.execute()
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "subscribe":
+            await self._confirm(message["channel"])
+            return
+        if kind != "message":
+            return
+        channel: bytes = message["channel"]
+        data: bytes = message["data"]
+        if channel.startswith(self._topic_prefix):
+            topic = channel[len(self._topic_prefix) :].decode()
+            raw_id, _, rest = data.partition(b"\n")
+            header, payload = _decode(rest)
+            self._accept(topic, _stream_id(raw_id), header, payload)
+        elif channel == self._cmd_channel:
+            self._on_command(*_decode(data))
+        elif channel == self._node_channel:
+            self._on_direct(*_decode(data))
+
+    async def _confirm(self, channel: bytes) -> None:
+        """A group subscription made while live is in place: note where its stream stands."""
+        event = self._confirmed.get(channel)
+        if event is None or event.is_set():
+            return
+        topic = channel[len(self._topic_prefix) :].decode()
+        redis = self._redis
+        if redis is not None and topic not in self._last_id:
+            try:
+                newest: Any = await redis.xrevrange(f"{self._prefix}:h:{topic}", count=1)
+                self._last_id[topic] = _stream_id(newest[0][0]) if newest else (0, 0)
+            except Exception as exc:
+                self._down("read", exc)
+        event.set()
+
+    def _accept(
+        self,
+        topic: str,
+        stream_id: tuple[int, int],
+        header: dict[str, Any],
+        payload: Payload | None,
+    ) -> bool:
+        """One publication read from a topic: deliver it unless it is a repeat; note gaps."""
+        if topic != ALL_TOPIC and topic[2:] not in self._groups:
+            return False  # left the group meanwhile
+        last_id = self._last_id.get(topic)
+        if last_id is None or stream_id > last_id:
+            self._last_id[topic] = stream_id
+        origin = header["o"]
+        if origin == self._node_id:
+            return False
+        self._heard[origin] = time.monotonic()
+        key = (origin, topic)
+        seq = header["s"]
+        last = self._seen.get(key)
+        if last is not None:
+            if seq <= last:
+                self.counters["duplicates"] += 1
+                return False
+            prev = header.get("p", 0)
+            if prev > last:
+                self._gap(origin, topic, seq - last - 1)
+        self._seen[key] = seq
+        node = self._node
+        if node is None or payload is None:
+            return False
+        self.counters["received"] += 1
+        group = header.get("g")
+        exclude = header.get("x")
+        node.deliver(Publication(payload, group, frozenset(exclude) if exclude else frozenset()))
+        return True
+
+    def _gap(self, origin: str, topic: str, missed: int) -> None:
+        self.counters["gaps"] += 1
+        group = None if topic == ALL_TOPIC else topic[2:]
+        _log.event(
+            logger,
+            _log.CLUSTER_GAP,
+            level=logging.ERROR,
+            node=self._node_id,
+            origin=origin,
+            group=group,
+            missed=missed,
+        )
+        node = self._node
+        if node is not None:
+            node.lost(group)
+
+    def _down(self, side: str, exc: BaseException) -> None:
+        error = type(exc).__name__ + (f": {exc}" if str(exc) else "")
+        if side == "write":
+            changed = self._write_error is None
+            self._write_error = error
+        else:
+            changed = self._read_error is None
+            self._read_error = error
+            self._live = False
+        if changed:
+            _log.event(
+                logger, _log.CLUSTER_DOWN, level=logging.WARNING, node=self._node_id, error=error
+            )
+
+    # ------------------------------------------------------------------ commands
+
+    async def request(self, command: Command) -> bool:
+        others = {n for n in self._nodes if n != self._node_id}
+        if self._node is None or not others or not self._live:
+            return False  # alone, or cut off from the others: nobody can answer
+        rid = secrets.token_hex(8)
+        pending = self._pending[rid] = _Pending(others, anyio.Event())
+        header: dict[str, Any] = {
+            "k": "cmd",
+            "r": rid,
+            "f": self._node_id,
+            "a": command.action,
+            "t": command.target,
+        }
+        if command.group is not None:
+            header["g"] = command.group
+        if command.action in ("close", "kick_client"):
+            header["c"] = command.code
+            header["rs"] = command.reason
+        try:
+            if not self._enqueue(_RAW, self._cmd_channel, _encode(header, command.payload)):
+                return False
+            with anyio.move_on_after(self._timeout):
+                await pending.done.wait()
+            return pending.result
+        finally:
+            del self._pending[rid]
+
+    def _on_command(self, header: dict[str, Any], payload: Payload | None) -> None:
+        kind = header.get("k")
+        origin = header.get("f")
+        if not isinstance(origin, str) or origin == self._node_id:
+            return
+        if kind == "hello":
+            self._nodes.setdefault(origin, NodeInfo(origin, 0))
+            return
+        if kind == "bye":
+            self._nodes.pop(origin, None)
+            return
+        if kind != "cmd":
+            return
+        command = Command(
+            action=header["a"],
+            target=header["t"],
+            payload=payload,
+            group=header.get("g"),
+            code=header.get("c", 1000),
+            reason=header.get("rs", ""),
+        )
+        tg = self._tg
+        if tg is not None:
+            tg.start_soon(self._execute, origin, header["r"], command)
+
+    async def _execute(self, origin: str, rid: str, command: Command) -> None:
+        node = self._node
+        result: bool | None = None
+        if node is not None:
+            with anyio.move_on_after(self._timeout):
+                try:
+                    result = await node.execute(command)
+                except Exception:
+                    logger.exception("cluster command %s failed", command.action)
+                    result = False
+        reply = _encode({"k": "re", "r": rid, "f": self._node_id, "v": result}, None)
+        self._enqueue(_RAW, f"{self._prefix}:n:{origin}".encode(), reply)
+
+    def _on_direct(self, header: dict[str, Any], payload: Payload | None) -> None:
+        kind = header.get("k")
+        if kind == "probe":
+            self._probe_pending_since = None
+        elif kind == "re":
+            pending = self._pending.get(header.get("r", ""))
+            if pending is None:
+                return
+            origin = header.get("f")
+            pending.expected.discard(origin)
+            if header.get("v"):
+                pending.result = True
+                pending.done.set()
+            elif not pending.expected:
+                pending.done.set()
+
+    async def _announce(self, redis: Redis) -> None:
+        """Tell the other nodes this one is here, so their next command waits for its answer."""
+        await self._presence_round(redis)
+        await redis.publish(self._cmd_channel, _encode({"k": "hello", "f": self._node_id}, None))
+
+    # ------------------------------------------------------------------ presence and probe
+
+    def _presence(self, record: str) -> tuple[str, str, int, str]:
+        return (self._prefix, self._node_id, self._presence_ttl_ms, record)
+
+    async def _presence_round(self, redis: Redis) -> None:
+        node = self._node
+        connections = node.connections() if node is not None else 0
+        record = _dumps({"c": connections})
+        flat = await self._script(redis, "heartbeat", [self._nodes_key], *self._presence(record))
+        nodes: dict[str, NodeInfo] = {}
+        for i in range(0, len(flat), 2):
+            node_id = flat[i].decode()
+            try:
+                count = int(json.loads(flat[i + 1]).get("c", 0))
+            except (ValueError, AttributeError):
+                count = 0
+            nodes[node_id] = NodeInfo(node_id, count)
+        nodes[self._node_id] = NodeInfo(self._node_id, connections)
+        self._nodes = nodes
+        self._write_error = None
+        # Forget what was read from nodes gone for longer than any history is kept (bounded by
+        # the nodes of that period).
+        now = time.monotonic()
+        heard = self._heard
+        for node_id in nodes:
+            heard[node_id] = now
+        horizon = now - self._history_ttl_ms / 1000
+        gone = {origin for origin, at in heard.items() if at < horizon}
+        if gone:
+            for origin in gone:
+                del heard[origin]
+            for key in [k for k in self._seen if k[0] in gone]:
+                del self._seen[key]
+
+    async def _ticker(self) -> None:
+        """Presence every probe_interval / 4, and the probe that proves the subscription."""
+        period = self._probe_interval / 4
+        while True:
+            redis = self._redis
+            if redis is not None and not self._stopping:
+                try:
+                    with anyio.fail_after(self._timeout):
+                        await self._presence_round(redis)
+                except Exception as exc:
+                    self._down("write", exc)
+            pending = self._probe_pending_since
+            if self._write_error is not None:
+                # Writes fail: the probe may never have reached Redis, so it proves nothing.
+                self._probe_pending_since = pending = None
+            elif (
+                self._live
+                and pending is not None
+                and time.monotonic() - pending > self._probe_interval / 2
+            ):
+                self.counters["deaf"] += 1
+                self._read_error = "probe not received: subscription deaf, rebuilding"
+                self._live = False
+                _log.event(logger, _log.CLUSTER_DEAF, level=logging.WARNING, node=self._node_id)
+                scope = self._reader_scope
+                if scope is not None:
+                    scope.cancel()
+            elif self._live and self._write_error is None and pending is None:
+                # Timed from now: the outbox is empty or draining while Redis answers writes.
+                self._probe_pending_since = time.monotonic()
+                self._enqueue(_PROBE, self._node_channel, _encode({"k": "probe"}, None))
+            await anyio.sleep(period)
+
+    def nodes(self) -> tuple[NodeInfo, ...]:
+        return tuple(sorted(self._nodes.values(), key=lambda n: n.id))
+
+    async def claim_client(self, client_id: str, *, exclusive: bool) -> tuple[str, ...]:
+        redis = self._redis
+        registered = True
+        holders: tuple[str, ...] = ()
+        if redis is not None:
+            try:
+                with anyio.fail_after(self._timeout):
+                    out = await self._script(
+                        redis,
+                        "claim_client",
+                        [self._nodes_key],
+                        self._prefix,
+                        self._node_id,
+                        client_id,
+                        "1" if exclusive else "0",
+                        self._presence_ttl_ms,
+                    )
+                registered = bool(out[0])
+                holders = tuple(h.decode() for h in out[1:])
+            except Exception as exc:
+                # Unreachable: decide on this node's sessions alone; the index is rewritten
+                # from `_clients` when Redis returns.
+                self._down("write", exc)
+        if registered:
+            self._clients[client_id] = self._clients.get(client_id, 0) + 1
+        return holders
+
+    def release_client(self, client_id: str) -> None:
+        n = self._clients.get(client_id, 0)
+        if n <= 0:
+            return
+        if n == 1:
+            del self._clients[client_id]
+        else:
+            self._clients[client_id] = n - 1
+        self._enqueue(_RELEASE, client_id, b"")
+
+    # ------------------------------------------------------------------ session store
+
+    async def claim_token(self, session_id: str, generation: int, ttl: float) -> bool:
+        redis = self._redis
+        if redis is None:
+            return True
+        try:
+            with anyio.fail_after(self._timeout):
+                result = await self._script(
+                    redis,
+                    "claim_token",
+                    [f"{self._prefix}:gen:{session_id}"],
+                    generation,
+                    max(1, int(ttl * 1000)),
+                )
+        except Exception as exc:
+            # Unreachable: the session is this node's own, whose generation already makes its
+            # tokens single-use here.
+            self._down("write", exc)
+            return True
+        return bool(result)
+
+    async def generation(self, session_id: str) -> int | None:
+        redis = self._redis
+        if redis is None:
+            return None
+        try:
+            with anyio.fail_after(self._timeout):
+                value = await redis.get(f"{self._prefix}:gen:{session_id}")
+        except Exception as exc:
+            self._down("write", exc)
+            return None
+        return None if value is None else int(value)
