@@ -159,6 +159,14 @@ class ReplayBuffer(Generic[T]):
             return []
         return list(islice(self._frames, 2 * skip, None, 2))
 
+    def lose(self) -> None:
+        """A frame meant for the peer was lost before it reached this buffer (in cluster mode:
+        a publication that never arrived). It counts as sent and is not held, with everything
+        before it dropped, so no resume of this session can be answered exactly any more."""
+        self.clear()
+        self._sent += 1
+        self._overflowed += 1
+
     def clear(self) -> None:
         """Drop every frame held and free its memory; numbering continues from ``sent``."""
         self._frames = None

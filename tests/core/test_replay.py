@@ -222,3 +222,17 @@ def test_latest_frame_is_always_resendable(sizes: list[int], max_bytes: int) -> 
     for seq, size in enumerate(sizes, start=1):
         buffer.append(seq, size)
         assert buffer.since(seq - 1) == [seq]
+
+
+def test_a_lost_frame_makes_every_resume_a_gap() -> None:
+    """After `lose()` no position the peer can hold is replayable: even a peer that had every
+    frame held gets None (it missed the lost one), and numbering goes on after it."""
+    buf: ReplayBuffer[str] = ReplayBuffer(10, 1000)
+    buf.append("a", 1)
+    buf.append("b", 1)
+    assert buf.since(2) == []
+    buf.lose()
+    assert buf.sent == 3 and len(buf) == 0 and buf.nbytes == 0
+    assert [buf.since(n) for n in range(3)] == [None, None, None]
+    assert buf.append("c", 1) == 4
+    assert buf.since(3) == ["c"]
