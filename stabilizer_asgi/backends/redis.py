@@ -198,7 +198,9 @@ class RedisBackend:
         history_ttl: float = 600.0,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("backend", url, "a redis://, rediss:// or unix:// URL")
+            # Never echo the URL: it may carry a password.
+            scheme = url.split("://", 1)[0] + "://..." if isinstance(url, str) else url
+            raise ConfigError("backend", scheme, "a redis://, rediss:// or unix:// URL")
         try:
             import redis.asyncio  # noqa: F401
         except ImportError as exc:  # pragma: no cover - depends on the installed extras

@@ -1,0 +1,85 @@
+"""The app every node of the cluster end-to-end tests serves (one uvicorn process per node).
+
+Settings come from the environment: STABILIZER_TEST_BACKEND (a redis:// URL),
+STABILIZER_TEST_CLUSTER (cluster_name), STABILIZER_TEST_PROBE (probe_interval),
+STABILIZER_TEST_DUPLICATE (duplicate_client). HTTP routes drive the manager the way an app's
+own routes or background jobs would.
+"""
+
+from __future__ import annotations
+
+import os
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from stabilizer_asgi import Stabilizer, StabilizerMiddleware
+
+
+async def ws(websocket: WebSocket) -> None:
+    """Tells the client its session id, then stays until the client leaves."""
+    await websocket.accept()
+    me = websocket.state.stabilizer_session
+    if not me.opted_in:
+        await websocket.send_json({"me": me.id})
+    try:
+        while True:
+            await websocket.receive_text()
+    except WebSocketDisconnect:
+        pass
+
+
+def _manager(request: Request) -> Stabilizer:
+    manager: Stabilizer = request.state.stabilizer
+    return manager
+
+
+async def broadcast(request: Request) -> JSONResponse:
+    q = request.query_params
+    exclude = q.getlist("exclude") or None
+    result = await _manager(request).broadcast(q["text"], group=q.get("group"), exclude=exclude)
+    return JSONResponse(result._asdict())
+
+
+async def send(request: Request) -> JSONResponse:
+    q = request.query_params
+    return JSONResponse({"ok": await _manager(request).send(q["sid"], q["text"])})
+
+
+async def close(request: Request) -> JSONResponse:
+    q = request.query_params
+    ok = await _manager(request).close(q["sid"], int(q.get("code", "1000")), q.get("reason", ""))
+    return JSONResponse({"ok": ok})
+
+
+async def join(request: Request) -> JSONResponse:
+    q = request.query_params
+    return JSONResponse({"ok": await _manager(request).join(q["sid"], q["group"])})
+
+
+async def leave(request: Request) -> JSONResponse:
+    q = request.query_params
+    return JSONResponse({"ok": await _manager(request).leave(q["sid"], q["group"])})
+
+
+app = StabilizerMiddleware(
+    Starlette(
+        routes=[
+            WebSocketRoute("/ws", ws),
+            Route("/broadcast", broadcast, methods=["POST"]),
+            Route("/send", send, methods=["POST"]),
+            Route("/close", close, methods=["POST"]),
+            Route("/join", join, methods=["POST"]),
+            Route("/leave", leave, methods=["POST"]),
+        ]
+    ),
+    backend=os.environ.get("STABILIZER_TEST_BACKEND", "memory"),
+    cluster_name=os.environ.get("STABILIZER_TEST_CLUSTER", "stabilizer"),
+    probe_interval=float(os.environ.get("STABILIZER_TEST_PROBE", "1.0")),
+    duplicate_client=os.environ.get("STABILIZER_TEST_DUPLICATE", "allow"),
+    secret="cluster-e2e-secret",
+    heartbeat_interval=5.0,
+)
