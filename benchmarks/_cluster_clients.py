@@ -35,6 +35,7 @@ class Tally:
         self.member = member
         self.seen: list[int] = []
         self.latencies: list[float] = []
+        self.current: set[int] = set()  # indices of the round being waited for
 
     def take(self, text: str, now: float) -> None:
         index, _, t0 = text.partition(":")
@@ -43,11 +44,14 @@ class Tally:
 
 
 class Clients:
-    def __init__(self) -> None:
+    def __init__(self, group: bool) -> None:
+        self.group = group
         self.tallies: list[Tally] = []
         self.ready = 0
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
+        self.lo = self.hi = 0
+        self.pending = 0  # deliveries the current round still waits for
 
     def got(self, tally: Tally, text: str) -> None:
         now = time.time()
@@ -56,6 +60,19 @@ class Clients:
         if index not in self.first:
             self.first[index] = now
         self.last[index] = now
+        if self.lo <= index < self.hi and index not in tally.current:
+            tally.current.add(index)
+            if tally.member or not self.group:
+                self.pending -= 1
+
+    def begin(self, lo: int, hi: int) -> None:
+        """Wait for messages lo..hi-1 from now on (counting those that came already)."""
+        self.lo, self.hi = lo, hi
+        self.pending = 0
+        for tally in self.tallies:
+            tally.current = {i for i in tally.seen if lo <= i < hi}
+            if tally.member or not self.group:
+                self.pending += (hi - lo) - len(tally.current)
 
     async def plain(self, url: str, tally: Tally) -> None:
         async with websockets.connect(url, max_queue=None, ping_interval=None) as ws:
@@ -111,20 +128,12 @@ class Clients:
             },
         }
 
-    def received(self, lo: int, hi: int, group: bool) -> bool:
-        for tally in self.tallies:
-            if group and not tally.member:
-                continue
-            if len({i for i in tally.seen if lo <= i < hi}) < hi - lo:
-                return False
-        return True
-
 
 async def main_async(args: argparse.Namespace) -> None:
     urls = args.urls.split(",")
-    clients = Clients()
-    tasks: list[asyncio.Task[None]] = []
     group = args.group_every > 0
+    clients = Clients(group)
+    tasks: list[asyncio.Task[None]] = []
     for i in range(args.clients):
         url = urls[(i + args.offset) % len(urls)]
         member = group and i % args.group_every == 0
@@ -154,11 +163,11 @@ async def main_async(args: argparse.Namespace) -> None:
             break
         lo, hi, timeout = (float(x) for x in line.split())
         low, high = int(lo), int(hi)
+        clients.begin(low, high)
         progress, idle_since = -1, time.monotonic()
-        while not clients.received(low, high, group):
-            total = sum(len(t.seen) for t in clients.tallies)
-            if total != progress:
-                progress, idle_since = total, time.monotonic()
+        while clients.pending > 0:
+            if clients.pending != progress:
+                progress, idle_since = clients.pending, time.monotonic()
             elif time.monotonic() - idle_since > timeout:
                 break
             await asyncio.sleep(0.01)

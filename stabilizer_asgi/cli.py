@@ -16,7 +16,9 @@ and only then lets uvicorn shut down. A second SIGTERM, or a Ctrl+C, skips the r
 drain. Ctrl+C alone keeps uvicorn's behaviour (stop now: sockets closed with 1012).
 
 `--workers N` runs N processes; each imports MODULE:APP and wraps it itself, so each has its
-own manager (limits, stats and sessions are per process; use the Redis backend to share).
+own manager (limits, stats and sessions are per process; use the Redis backend to share). With
+the memory backend and no --secret, one secret is generated for all the workers, so a token
+shown to a worker that does not hold its session is answered "unknown", not "invalid".
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import logging
 import logging.config
 import math
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -229,8 +232,15 @@ _FIELD_HELP = {
     "on_disconnect": "MODULE:ASYNC_CALLABLE run with the session when it ends",
     "on_timeout": "MODULE:ASYNC_CALLABLE run with the session on a heartbeat timeout",
     "on_resume": "MODULE:ASYNC_CALLABLE run with the session when it is resumed",
-    "backend": "'memory', or the URL of an installed URL backend (docs/backends.md); other "
-    "backends are objects, passed from Python",
+    "backend": "'memory', or redis://HOST:PORT/DB (also rediss://, unix://) for cluster mode "
+    "(extra [redis]; needs --secret, one key for every node)",
+    "cluster_name": "cluster mode: prefix of every Redis key and channel",
+    "probe_interval": "cluster mode: seconds within which a deaf Redis subscription is found and "
+    "rebuilt (a dead node leaves the others' view within 3x it)",
+    "cluster_timeout": "cluster mode: seconds a command for a session on another node may take",
+    "cluster_outbox_messages": "cluster mode: publications kept while Redis is unreachable",
+    "cluster_outbox_bytes": "cluster mode: bytes kept while Redis is unreachable",
+    "cluster_history": "cluster mode: publications kept per topic for nodes catching up",
 }
 
 _SECRET_FIELDS = ("secret", "admin_token")
@@ -563,8 +573,11 @@ def build_app(
         raise UsageError("MODULE:APP", f"{target!r} is a {type(app).__name__}, not an ASGI app")
     if is_stabilized(app):
         _check_added_middleware(app, target)
-        if config:
-            name = next(iter(config))
+        # A secret generated for the workers (`share_secret`) is the sidecar's own default,
+        # not a setting the user gave: the app's own configuration stands.
+        given = [name for name in config if sources.get(name) != GENERATED_SECRET]
+        if given:
+            name = given[0]
             raise UsageError(
                 sources.get(name, name),
                 f"{target} already adds StabilizerMiddleware, whose own settings would win: "
@@ -784,6 +797,19 @@ def serve(settings: ServeSettings, app: Any = None) -> int:
     return 0
 
 
+GENERATED_SECRET = "--workers (generated secret)"
+
+
+def share_secret(settings: ServeSettings) -> None:
+    """Give every worker one generated secret when several share the memory backend without
+    one (with Redis a secret is required: a generated one cannot reach other machines)."""
+    config = settings.config
+    shared = settings.server["workers"] > 1 and "secret" not in config
+    if shared and config.get("backend", "memory") == "memory":
+        config["secret"] = secrets.token_urlsafe(32)
+        settings.sources["secret"] = GENERATED_SECRET
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point of the `stabilizer-asgi` command; returns the exit status."""
     parser, serve_parser = build_parser()
@@ -795,6 +821,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         # from then on (the generated-secret warning, the app's import-time records) is
         # formatted like uvicorn's own lines, never left to Python's bare last-resort handler.
         _configure_logging(settings.server["log_level"], settings.server["log_format"])
+        share_secret(settings)
         # Import and wrap here, so a bad app or option fails now with status 2 rather than in
         # every worker; a single process serves this very app.
         app = settings.app()

@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .backends import BACKEND_METHODS, check_backend
+from .backends import BACKEND_MEMBERS, check_backend
 from .exceptions import ConfigError
 
-__all__ = ["BACKEND_METHODS", "StabilizerConfig"]
+__all__ = ["BACKEND_MEMBERS", "StabilizerConfig"]
 
 if TYPE_CHECKING:
     from .core.session import Session
@@ -69,6 +69,12 @@ class StabilizerConfig:
     on_timeout: Hook | None = None
     on_resume: Hook | None = None
     backend: Any = "memory"
+    cluster_name: str = "stabilizer"
+    probe_interval: float = 10.0
+    cluster_timeout: float = 5.0
+    cluster_outbox_messages: int = 10_000
+    cluster_outbox_bytes: int = 16 * MIB
+    cluster_history: int = 10_000
 
     def __post_init__(self) -> None:
         _choice("heartbeat", self.heartbeat, ("auto", "always", "off"))
@@ -134,7 +140,28 @@ class StabilizerConfig:
                 or inspect.iscoroutinefunction(getattr(hook, "__call__", None))  # noqa: B004
             ):
                 raise ConfigError(name, hook, "None or an async callable (session) -> None")
-        check_backend(self.backend)  # the same check the manager's create_backend makes
+        url_backend = check_backend(self.backend)  # the check create_backend makes
+        name = self.cluster_name
+        if (
+            not isinstance(name, str)
+            or not name
+            or len(name) > 64
+            or any(c.isspace() or c == ":" for c in name)
+        ):
+            raise ConfigError(
+                "cluster_name", name, "a non-empty str of at most 64 characters, no space or ':'"
+            )
+        _positive_float("probe_interval", self.probe_interval)
+        _positive_float("cluster_timeout", self.cluster_timeout)
+        _int("cluster_outbox_messages", self.cluster_outbox_messages, 1)
+        _int("cluster_outbox_bytes", self.cluster_outbox_bytes, 1)
+        _int("cluster_history", self.cluster_history, 1)
+        if url_backend is not None and self.secret is None:
+            # Every node must verify the tokens the others sign: a key generated per process
+            # cannot be shared across machines.
+            raise ConfigError(
+                "secret", None, "a shared secret (str/bytes) with a cluster backend (redis://)"
+            )
 
     @classmethod
     def from_kwargs(cls, config: StabilizerConfig | None = None, **kwargs: Any) -> StabilizerConfig:

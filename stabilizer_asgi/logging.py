@@ -63,6 +63,11 @@ CLUSTER_EPOCH_CHANGED = "cluster_epoch_changed"
 CLUSTER_OUTBOX_OVERFLOW = "cluster_outbox_overflow"
 """ERROR. Publications did not fit the outbox while Redis was unreachable: node, dropped, detail
 (logged at the 1st, 10th, 100th, ... drop)."""
+CLUSTER_NOT_STARTED = "cluster_not_started"
+"""WARNING. A connection arrived before the cluster backend was started (no lifespan ran)."""
+CLUSTER_GAP_CLOSED = "cluster_gap_closed"
+"""WARNING. Publications for a group (None: everyone) were lost: group, sessions, closed (the
+opted-in sessions closed 1012 so their clients resync with reason "gap")."""
 
 EVENTS = (
     CONNECTED,
@@ -85,6 +90,8 @@ EVENTS = (
     CLUSTER_GAP,
     CLUSTER_EPOCH_CHANGED,
     CLUSTER_OUTBOX_OVERFLOW,
+    CLUSTER_NOT_STARTED,
+    CLUSTER_GAP_CLOSED,
 )
 
 # The message of each event's records: a `str.format` template over the event's fields.
@@ -141,6 +148,14 @@ CLUSTER_EPOCH_CHANGED_MESSAGE = (
     "Cluster node {node}: Redis lost its data (restart without persistence or failover)"
 )
 CLUSTER_OUTBOX_OVERFLOW_MESSAGE = "Cluster node {node} dropped {dropped} publications: {detail}"
+CLUSTER_NOT_STARTED_MESSAGE = (
+    "A connection arrived but the cluster backend was never started (it starts with the app's "
+    "lifespan, which has not run): this node serves its own sessions only"
+)
+CLUSTER_GAP_CLOSED_MESSAGE = (
+    "Publications for group {group} were lost: {closed} of {sessions} sessions closed with 1012 "
+    "to resync"
+)
 
 MESSAGES = {name: globals()[name.upper() + "_MESSAGE"] for name in EVENTS}
 """Event name → its message template."""

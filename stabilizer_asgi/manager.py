@@ -16,7 +16,8 @@ import anyio.abc
 from . import logging as _log
 from .asgi import _runtime
 from .asgi.connection import DELIVERED, FAILED, FanOut, fan_out
-from .backends import Envelope, SessionRecord, create_backend
+from .backends import Command, Payload, create_backend
+from .cluster import Cluster
 from .config import StabilizerConfig
 from .core import wire
 from .core.heartbeat import TimerWheel
@@ -121,8 +122,14 @@ class Stabilizer:
         # first connection's `receive` (see `_probe_server`); None while not known.
         self._server_probed = False
         self._server_ws_max_size: int | None = None
-        self.backend = create_backend(cfg.backend)
-        self._backend_started = False
+        self.backend = create_backend(cfg)
+        self.cluster = Cluster(
+            self.backend,
+            deliver=self._deliver_payload,
+            execute=self._execute,
+            lost=self._lost,
+            connections=lambda: self._limits.total,
+        )
         keys, generated = normalize_secret(cfg.secret)
         self._signer = TokenSigner(keys)
         self._resumable = (
@@ -197,11 +204,13 @@ class Stabilizer:
         return session
 
     async def send(self, session_id: str, message: object) -> bool:
-        """Send to one session without waiting on it; False if it is gone or the frame dropped."""
+        """Send to one session without waiting on it; False if it is gone or the frame dropped.
+
+        In cluster mode a session held by another node is sent to there (True once it was)."""
         frame, size = encode_message(message)
         session = self._registry.get(session_id)
         if session is None:
-            return False
+            return await self.cluster.request(Command("send", session_id, payload=_payload(frame)))
         return self._offer_one(session, frame, _escaped(frame), size, _monotonic()) == DELIVERED
 
     def _buffer_detached(self, session: Session, escaped: Message, size: int) -> bool:
@@ -227,24 +236,32 @@ class Stabilizer:
             skip = frozenset((exclude,))
         else:
             skip = frozenset(exclude)
-        if not self._backend_started:
-            await self.backend.start(self._deliver)
-            self._backend_started = True
-        counts = await self.backend.publish(Envelope(frame, size, group, skip))
+        counts = self._deliver(frame, size, group, skip)
+        cluster = self.cluster
+        if cluster.others:
+            cluster.publish(_payload(frame), group, skip)
         self._count("broadcasts")
         return BroadcastResult(*counts)
 
-    def _deliver(self, envelope: Envelope) -> tuple[int, int, int, int]:
-        """Fan a broadcast out to this process's sessions (called by the backend)."""
-        frame = envelope.frame
-        size = envelope.size
+    def _deliver_payload(self, payload: Payload, group: str | None, skip: frozenset[str]) -> None:
+        """A broadcast published by another node: fan it out to this node's sessions."""
+        if isinstance(payload, str):
+            frame: Message = {"type": "websocket.send", "text": payload}
+            size = wire.text_size(payload)
+        else:
+            frame = {"type": "websocket.send", "bytes": payload}
+            size = len(payload)
+        self._deliver(frame, size, group, skip)
+
+    def _deliver(
+        self, frame: Message, size: int, group: str | None, skip: frozenset[str]
+    ) -> tuple[int, int, int, int]:
+        """Fan a broadcast out to this node's sessions: (total, delivered, dropped, failed)."""
         escaped = _escaped(frame)
-        group = envelope.group
         if group is None:
             targets: list[Session] = self._registry.snapshot()
         else:
             targets = list(self._registry.members(group).values())
-        skip = envelope.exclude
         if skip:
             targets = [session for session in targets if session.id not in skip]
         now = _monotonic()
@@ -282,22 +299,108 @@ class Stabilizer:
         result: int = conn.offer(frame, escaped, size, now)
         return result
 
-    async def join(self, session_id: str, group: str) -> None:
-        """Add a session to a group (created on first join)."""
+    async def join(self, session_id: str, group: str) -> bool:
+        """Add a session to a group (created on first join); False if no node has the session.
+
+        Returns once it holds: a broadcast to the group made afterwards, on any node, reaches
+        the session."""
         if not isinstance(group, str) or not group or len(group) > 256:
             raise ValueError(f"group must be a non-empty str of at most 256 characters: {group!r}")
-        self._registry.join(self._require(session_id), group)
+        session = self.get(session_id)
+        if session is None:
+            return await self.cluster.request(Command("join", session_id, group=group))
+        await self._join_local(session, group)
+        return True
 
-    async def leave(self, session_id: str, group: str) -> None:
-        """Remove a session from a group (a group with no members disappears)."""
-        self._registry.leave(self._require(session_id), group)
+    async def _join_local(self, session: Session, group: str) -> None:
+        registry = self._registry
+        registry.join(session, group)
+        if len(registry.members(group)) == 1:
+            # The group's first member here: this node now needs the group's publications.
+            await self.cluster.subscribe(group)
+
+    async def leave(self, session_id: str, group: str) -> bool:
+        """Remove a session from a group (a group with no members disappears); False if no
+        node has the session."""
+        session = self.get(session_id)
+        if session is None:
+            return await self.cluster.request(Command("leave", session_id, group=group))
+        self._leave_local(session, group)
+        return True
+
+    def _leave_local(self, session: Session, group: str) -> None:
+        self._registry.leave(session, group)
+        if not self._registry.members(group):
+            self.cluster.unsubscribe(group)
 
     async def close(self, session_id: str, code: int = 1000, reason: str = "") -> bool:
-        """Close a session's connection with `code`; False if there is no such live connection."""
+        """Close a session's connection with `code`; False if there is no such live connection
+        (on any node)."""
         session = self.get(session_id)
-        if session is None or session._conn is None:
+        if session is None:
+            return await self.cluster.request(
+                Command("close", session_id, code=code, reason=reason)
+            )
+        if session._conn is None:
             return False
         return bool(session._conn._abort(code, reason))
+
+    # ------------------------------------------------------------------ cluster (called back)
+
+    async def _execute(self, command: Command) -> bool | None:
+        """A command from another node: True done, False refused, None: no such session here."""
+        action = command.action
+        if action == "kick_client":
+            kicked = self._kick_client(command.target, command.code, command.reason)
+            return True if kicked else None
+        session = self.get(command.target)
+        if session is None:
+            return None
+        if action == "send" and command.payload is not None:
+            return await self.send(session.id, command.payload)
+        if action == "close":
+            return await self.close(session.id, command.code, command.reason)
+        if action == "join" and command.group is not None:
+            await self._join_local(session, command.group)
+            return True
+        if action == "leave" and command.group is not None:
+            self._leave_local(session, command.group)
+            return True
+        return False
+
+    def _kick_client(self, client_id: str, code: int, reason: str) -> int:
+        """Close this node's connections of `client_id` (duplicate_client="replace")."""
+        kicked = 0
+        for old in self._registry.by_client(client_id):
+            if old._conn is not None and old._conn._abort(code, reason):
+                kicked += 1
+        return kicked
+
+    def _lost(self, group: str | None) -> None:
+        """Publications for `group` (None: everyone) never arrived: no opted-in session that
+        should have had them may resume exactly. Connected ones are closed 1012 so their
+        clients reconnect now and resync ("gap"); detached ones answer "gap" when they come."""
+        targets = self.sessions(group)
+        closed = 0
+        for session in targets:
+            replay = session._replay
+            if replay is None:
+                continue
+            if not replay.sent:  # possibly the buffer idle sessions share: take its own first
+                replay = session._replay = replay.empty_copy()
+            replay.lose()
+            conn = session._conn
+            if conn is not None and conn._abort(1012, "cluster gap"):
+                closed += 1
+        self._count("cluster_gaps")
+        _log.event(
+            logger,
+            _log.CLUSTER_GAP_CLOSED,
+            level=logging.WARNING,
+            group=group,
+            sessions=len(targets),
+            closed=closed,
+        )
 
     # ------------------------------------------------------------------ drain and shutdown
 
@@ -367,6 +470,62 @@ class Stabilizer:
             duration_ms=round(report.duration * 1000, 1),
         )
         return report
+
+    # ------------------------------------------------------------------ cluster lifecycle
+
+    async def _join_cluster(self) -> None:
+        """Start the backend in the service task group (lifespan startup)."""
+        tg = self._tg
+        if tg is not None:
+            await self.cluster.start(tg)
+
+    async def _leave_cluster(self, timeout: float | None = None) -> None:
+        """Send what is queued for the other nodes and leave (lifespan shutdown, after the
+        connections are gone)."""
+        await self.cluster.stop(self.config.cluster_timeout if timeout is None else timeout)
+
+    async def _claim_client(self, session: Session) -> bool:
+        """`duplicate_client` across the cluster for a new session: False to refuse it."""
+        policy = self.config.duplicate_client
+        client_id = session.client_id
+        if (
+            policy == "allow"
+            or client_id is None
+            or session._cluster_client
+            or not self.cluster.others
+        ):
+            return True
+        holders = await self.backend.presence.claim_client(client_id, exclusive=policy == "reject")
+        if policy == "reject" and holders:
+            return False
+        session._cluster_client = True
+        if holders:
+            await self.cluster.request(
+                Command("kick_client", client_id, code=1000, reason="replaced")
+            )
+        return True
+
+    async def _check_foreign_token(self, conn: Connection, token: object) -> None:
+        """A genuine token for a session this node does not hold: "invalid" if the cluster
+        knows it was used already (single use across the cluster), else "unknown"."""
+        if conn._resume_reason != "unknown" or not self.cluster.others:
+            return
+        try:
+            session_id, generation = self._signer.verify(token)
+        except (InvalidTokenError, TokenExpiredError):
+            return
+        current = await self.backend.store.generation(session_id)
+        if current is not None and generation < current:
+            conn._resume_reason = "invalid"
+
+    def health(self) -> tuple[str, str | None]:
+        """("ok" | "degraded" | "draining", why not ok): what the health route answers."""
+        if self._draining:
+            return "draining", "draining"
+        problem = self.cluster.problem()
+        if problem is not None:
+            return "degraded", problem
+        return "ok", None
 
     # ------------------------------------------------------------------ stats
 
@@ -454,6 +613,7 @@ class Stabilizer:
             "uptime": round(_monotonic() - self._started, 3),
             "counters": {k: v for k, v in counters.items() if not k.startswith("rejected_")},
             "config": self.config.public(),
+            "cluster": self.cluster.stats(),
         }
 
     # ------------------------------------------------------------------ background service
@@ -497,26 +657,26 @@ class Stabilizer:
     # fails the startup with its message; one from `_stop` fails the shutdown.
 
     async def _start(self) -> None:
-        """Lifespan startup: serve again (after a previous shutdown), start backend and service."""
+        """Lifespan startup: serve again (after a previous shutdown), start the service, then
+        join the cluster (the backend runs in the service's task group)."""
         # A new run of the same app object (e.g. one `TestClient(app)` per test) serves again:
         # the previous run's shutdown must not keep refusing every handshake.
         self._draining = False
-        if not self._backend_started:
-            await self.backend.start(self._deliver)
-            self._backend_started = True
         if self._tg is None or self._service_token is not _runtime.loop_token():
             up = self._service_up = anyio.Event()
             self._ensure_service()
             await up.wait()
+        await self._join_cluster()
 
     async def _stop(self) -> None:
-        """Lifespan end: stop the background service of this loop, then the backend."""
-        stopped = self._stop_now()
-        if stopped is not None:
-            await stopped.wait()
-        if self._backend_started:
-            self._backend_started = False
-            await self.backend.stop()
+        """Lifespan end: send what is queued for the other nodes and leave the cluster, then
+        stop the background service of this loop."""
+        try:
+            await self._leave_cluster()
+        finally:
+            stopped = self._stop_now()
+            if stopped is not None:
+                await stopped.wait()
 
     def _stop_now(self) -> anyio.Event | None:
         """Cancel the background service of this loop without waiting; the event it sets."""
@@ -684,6 +844,14 @@ class Stabilizer:
                 conn._abort(1013, "resume gap, reconnect")
                 return
             replay = frames
+            if self.cluster.others:
+                # Other nodes answer "invalid" for the token spent here from now on.
+                self._spawn(
+                    self.backend.store.claim_token,
+                    session.id,
+                    conn._resume_generation,
+                    max(self.config.resume_window, 60.0),
+                )
             session._generation = after_resume(session._generation, conn._resume_generation)
             session._token_confirmed = False
             session._detached_at = None
@@ -692,7 +860,6 @@ class Stabilizer:
             session.close_reason = ""
             session._last_in = _monotonic()
             self._count("resumed")
-            self._spawn(self.backend.delete_session, session.id)
         else:
             self._connecting.pop(session.id, None)
             self._reg_seq += 1
@@ -790,10 +957,6 @@ class Stabilizer:
         session._conn = None
         self._enqueue_detached(session)
         self._count("detached")
-        record = SessionRecord(
-            session.id, session.client_id, session.groups, session._generation, time.time()
-        )
-        self._spawn(self.backend.save_session, record, self.config.resume_window)
         self._session_event(
             _log.DETACHED,
             session,
@@ -829,11 +992,17 @@ class Stabilizer:
 
     def _end(self, session: Session, *, expired: bool = False) -> None:
         """The session is over: forget it, free its memory, log, run `on_disconnect`."""
-        if session.state is SessionState.DETACHED:
-            self._spawn(self.backend.delete_session, session.id)
         session._conn = None
         session.state = SessionState.CLOSED
+        groups = session.groups
         self._registry.remove(session)
+        for group in groups:
+            if not self._registry.members(group):
+                self.cluster.unsubscribe(group)
+        if session._cluster_client:
+            session._cluster_client = False
+            assert session.client_id is not None
+            self.backend.presence.release_client(session.client_id)
         session._release_data()
         session._release_buffers()
         duration = time.time() - session.created_at
@@ -975,7 +1144,14 @@ async def _unwound(conns: list[Connection], timeout: float) -> None:
             await anyio.sleep(0.005)
 
 
-def _escaped(frame: dict[str, Any]) -> dict[str, Any]:
+def _payload(frame: Message) -> Payload:
+    text = frame.get("text")
+    if text is not None:
+        return str(text)
+    return bytes(frame["bytes"])
+
+
+def _escaped(frame: Message) -> Message:
     text = frame.get("text")
     if text is not None and text[:1] == "\x1e":
         return {"type": "websocket.send", "text": "\x1e" + text}

@@ -77,6 +77,7 @@ class Connection:
         "_resume_ack",
         "_resume_generation",
         "_resume_reason",
+        "_resume_token",
         "_opened",
         "_app_closed",
         "_send_failed",
@@ -134,6 +135,9 @@ class Connection:
         self._resume_ack: int | None = None
         self._resume_generation = 0  # the generation of the token it resumed with
         self._resume_reason: str | None = None
+        # The token a resume that could not be honoured here presented (cluster mode asks the
+        # other nodes whether it was used).
+        self._resume_token: str | None = None
         self._opened = False
         self._app_closed = False
         self._send_failed = False

@@ -90,6 +90,11 @@ class StabilizerMiddleware:
             if not isinstance(opened, Connection):
                 await self._deny(scope, receive, send, *opened)
                 return
+            # In cluster mode, duplicate_client across nodes and tokens of sessions held
+            # elsewhere need the cluster's word; nothing else in a handshake waits for it.
+            if self.manager.cluster.others and not await self._cluster_admits(opened, client, ip):
+                await self._deny(scope, receive, send, 409, "duplicate_client")
+                return
             try:
                 await self.app(scope, opened.receive, opened.send)
             finally:
@@ -126,6 +131,7 @@ class StabilizerMiddleware:
         """Admit a websocket and make its session and `Connection`, or say how to refuse it."""
         manager = self.manager
         manager._ensure_service()
+        manager.cluster.check_started()
         query = scope.get("query_string") or b""
         opt_in = _NO_OPT_IN
         if b"stabilizer" in query:
@@ -155,6 +161,8 @@ class StabilizerMiddleware:
             session, resume, resume_reason = manager._open_session(opt_in, client_id, remote)
             conn = Connection(manager, session, receive, send, control=control, heartbeat=heartbeat)
             manager._bind(conn, resume, resume_reason)
+            if resume_reason == "unknown":
+                conn._resume_token = opt_in.resume_token
         except BaseException:
             manager._release(ip)
             raise
@@ -166,6 +174,20 @@ class StabilizerMiddleware:
         state["stabilizer_session"] = session
         scope["state"] = state
         return conn
+
+    async def _cluster_admits(
+        self, conn: Connection, client: tuple[str, int] | None, ip: str | None
+    ) -> bool:
+        """The cluster-wide part of the handshake; False (slot released) to refuse it."""
+        manager = self.manager
+        if conn._resume_reason == "unknown":
+            await manager._check_foreign_token(conn, conn._resume_token)
+        if await manager._claim_client(conn.session):
+            return True
+        manager._connecting.pop(conn.session.id, None)
+        manager._rejected("duplicate_client", client)
+        manager._release(ip)
+        return False
 
     def _find_client_id(self, scope: Scope) -> str | None:
         try:

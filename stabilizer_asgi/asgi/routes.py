@@ -227,7 +227,12 @@ def build(manager: Stabilizer) -> dict[str, Handler]:
                     headers=[(b"retry-after", str(cfg.retry_after).encode())],
                 )
             else:
-                await respond(send, 200, b'{"status":"ok"}', head=method == "HEAD")
+                # "degraded" (cluster mode: cut off from the cluster, still serving its own
+                # sessions) stays 200: a 503 would pull every node out of the load balancer at
+                # once during a Redis outage. Why is in the stats and the logs.
+                status, _why = manager.health()
+                body = b'{"status":"degraded"}' if status == "degraded" else b'{"status":"ok"}'
+                await respond(send, 200, body, head=method == "HEAD")
 
         table[cfg.health_path] = health
 

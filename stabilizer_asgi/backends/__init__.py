@@ -1,25 +1,22 @@
-"""Where broadcasts travel and where resumable sessions are recorded.
+"""The cluster seam (`base`) and its implementations.
 
-`Backend` is the interface; `MemoryBackend` the single-process default. A multi-instance
-backend (Redis) implements the same protocol and must pass `tests/backends/contract.py`.
-
-The `backend` setting is "memory", a backend object, or a URL whose scheme is listed in
-`URL_BACKENDS` together with the extra that provides it. `check_backend` is the one check that
-both `StabilizerConfig` (at construction) and `create_backend` rely on, so a setting the config
-accepts is one the manager can use.
+The `backend` setting is "memory" (`MemoryBackend` on a hub of its own: a cluster of one node,
+in this process), a URL whose scheme is listed in `URL_BACKENDS` together with the extra that
+provides it (redis://, rediss://, unix:// → `RedisBackend`, extra `[redis]`, imported only
+then), or a backend object used as is. `check_backend` is the one check both
+`StabilizerConfig` (at construction) and `create_backend` rely on, so a setting the config
+accepts is one the manager can use. Every backend passes `tests/backends/contract.py`.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..exceptions import ConfigError
-from ._legacy import Backend, Deliver, Envelope, SessionRecord
-from ._legacy import MemoryBackend as LegacyMemoryBackend
-from .base import Backend as ClusterBackend
 from .base import (
+    Backend,
     BackendStatus,
     Broker,
     Command,
@@ -32,16 +29,16 @@ from .base import (
 )
 from .memory import MemoryBackend, MemoryHub
 
+if TYPE_CHECKING:
+    from ..config import StabilizerConfig
+
 __all__ = [
+    "BACKEND_MEMBERS",
     "URL_BACKENDS",
     "Backend",
     "BackendStatus",
     "Broker",
-    "ClusterBackend",
     "Command",
-    "Deliver",
-    "Envelope",
-    "LegacyMemoryBackend",
     "MemoryBackend",
     "MemoryHub",
     "Node",
@@ -49,29 +46,28 @@ __all__ = [
     "Payload",
     "Presence",
     "Publication",
-    "SessionRecord",
     "SessionStore",
     "UrlBackend",
     "check_backend",
     "create_backend",
 ]
 
-BACKEND_METHODS = ("start", "stop", "publish", "save_session", "load_session", "delete_session")
-"""What a backend object must provide (`Backend`), checked at config time."""
+BACKEND_MEMBERS = ("node_id", "broker", "presence", "store", "run", "stop", "status")
+"""What a backend object must provide (`base.Backend`), checked at config time."""
 
 
 class UrlBackend(NamedTuple):
     """A backend chosen by URL scheme: the extra that installs what it needs, the module that
-    must be importable, and the `module:Class` built with the URL."""
+    must be importable, and the `module:Class` built with the URL and the cluster settings."""
 
     extra: str
     requires: str
     factory: str
 
 
-URL_BACKENDS: dict[str, UrlBackend] = {}
-"""URL scheme → the backend it selects. Empty in this release: a Redis backend registers
-`redis` and `rediss` here (extra `redis`)."""
+_REDIS = UrlBackend("redis", "redis", "stabilizer_asgi.backends.redis:RedisBackend")
+URL_BACKENDS: dict[str, UrlBackend] = {"redis": _REDIS, "rediss": _REDIS, "unix": _REDIS}
+"""URL scheme → the backend it selects."""
 
 
 def _scheme(url: str) -> str:
@@ -81,7 +77,7 @@ def _scheme(url: str) -> str:
 
 def _allowed() -> str:
     schemes = " or ".join(f"{scheme}://" for scheme in sorted(URL_BACKENDS))
-    return "'memory', " + (f"a {schemes} URL, " if schemes else "") + "or a backend object"
+    return f"'memory', a {schemes} URL, or a backend object"
 
 
 def check_backend(spec: object) -> UrlBackend | None:
@@ -104,27 +100,33 @@ def check_backend(spec: object) -> UrlBackend | None:
                 f"pip install 'stabilizer-asgi[{known.extra}]'",
             )
         return known
-    if not all(callable(getattr(spec, method, None)) for method in BACKEND_METHODS):
+    missing = [name for name in BACKEND_MEMBERS if not hasattr(spec, name)]
+    if missing:
         raise ConfigError(
-            "backend",
-            spec,
-            f"{_allowed()} with methods {', '.join(BACKEND_METHODS)}",
+            "backend", spec, f"{_allowed()} (a backend object lacks {', '.join(missing)})"
         )
     return None
 
 
-def create_backend(spec: object) -> Backend:
-    """The backend the `backend` setting names: "memory", a URL backend, or the object as is."""
+def create_backend(config: StabilizerConfig) -> Backend:
+    """The backend the `backend` setting names, built with the cluster settings."""
+    spec = config.backend
     url_backend = check_backend(spec)
     if spec == "memory":
-        return LegacyMemoryBackend()
+        return MemoryBackend(timeout=config.cluster_timeout)
     if url_backend is not None:
         module, _, name = url_backend.factory.partition(":")
         factory = getattr(importlib.import_module(module), name)
-        backend: Backend = factory(spec)
+        backend: Backend = factory(
+            spec,
+            cluster_name=config.cluster_name,
+            probe_interval=config.probe_interval,
+            timeout=config.cluster_timeout,
+            max_outbox_messages=config.cluster_outbox_messages,
+            max_outbox_bytes=config.cluster_outbox_bytes,
+            history_messages=config.cluster_history,
+        )
         return backend
     if not isinstance(spec, Backend):
-        raise ConfigError(
-            "backend", spec, "an object implementing stabilizer_asgi.backends.Backend"
-        )
+        raise ConfigError("backend", spec, "an object implementing backends.base.Backend")
     return spec

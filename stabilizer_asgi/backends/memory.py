@@ -90,6 +90,11 @@ class MemoryBackend:
     def store(self) -> MemoryBackend:
         return self
 
+    @property
+    def alone(self) -> bool:
+        """No other node is on this hub (a publication would reach nobody)."""
+        return len(self.hub.members) <= 1
+
     # ------------------------------------------------------------------ lifecycle
 
     async def run(

@@ -131,6 +131,12 @@ return 1
 """
 
 
+def _power_of_ten(n: int) -> bool:
+    while n >= 10 and n % 10 == 0:
+        n //= 10
+    return n == 1
+
+
 def _stream_id(raw: bytes | str) -> tuple[int, int]:
     text = raw.decode() if isinstance(raw, bytes) else raw
     ms, _, seq = text.partition("-")
@@ -222,7 +228,9 @@ class RedisBackend:
         self._max_outbox_bytes = max_outbox_bytes
         self._history = history_messages
         self._history_ttl_ms = max(1, int(history_ttl * 1000))
-        self._presence_ttl_ms = max(1, int(3 * self._probe_interval * 1000))
+        # A record refreshed every probe_interval / 4 lives 2.75 × probe_interval, so a dead node
+        # is gone from every view (refreshed as often) within 3 × probe_interval.
+        self._presence_ttl_ms = max(1, int(2.75 * self._probe_interval * 1000))
         p = cluster_name
         self._node_channel = f"{p}:n:{self._node_id}".encode()
         self._cmd_channel = f"{p}:cmd".encode()
@@ -427,15 +435,16 @@ class RedisBackend:
             or self._outbox_bytes + size > self._max_outbox_bytes
         ):
             # Dropped, not sent: its sequence number is spent, so receivers see the gap.
-            self.counters["outbox_dropped"] += 1
-            _log.event(
-                logger,
-                _log.CLUSTER_OUTBOX_OVERFLOW,
-                level=logging.ERROR,
-                node=self._node_id,
-                dropped=self.counters["outbox_dropped"],
-                detail="outbox full while Redis is unreachable",
-            )
+            dropped = self.counters["outbox_dropped"] = self.counters["outbox_dropped"] + 1
+            if _power_of_ten(dropped):  # loud, without a line per dropped publication
+                _log.event(
+                    logger,
+                    _log.CLUSTER_OUTBOX_OVERFLOW,
+                    level=logging.ERROR,
+                    node=self._node_id,
+                    dropped=dropped,
+                    detail="outbox full while Redis is unreachable",
+                )
             return False
         self._outbox.append((kind, target, message, size))
         self._outbox_bytes += size

@@ -138,6 +138,7 @@ class Session:
         "_carry",
         "_unacked_in",
         "_unacked_in_bytes",
+        "_cluster_client",
         "__weakref__",
     )
 
@@ -193,6 +194,8 @@ class Session:
         self._carry: deque[MutableMapping[str, Any]] | None = None
         self._unacked_in = 0
         self._unacked_in_bytes = 0
+        # Registered in the cluster's client-id index (duplicate_client other than "allow").
+        self._cluster_client = False
 
     # A session is a live object (its connection, buffers, the manager's bookkeeping): a copy
     # would be a second session nobody runs. Servers and frameworks copy `scope["state"]`

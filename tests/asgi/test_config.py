@@ -21,7 +21,7 @@ from stabilizer_asgi import (
     StabilizerMiddleware,
     backends,
 )
-from stabilizer_asgi.config import BACKEND_METHODS
+from stabilizer_asgi.backends import BACKEND_MEMBERS, MemoryBackend
 
 
 def _sync_hook(session: Any) -> None:
@@ -37,17 +37,8 @@ class _AsyncCallable:
         """A valid hook: an object with an async `__call__`."""
 
 
-class _Backend:
-    async def start(self, deliver: Any) -> None: ...
-    async def stop(self) -> None: ...
-    async def publish(self, envelope: Any) -> tuple[int, int, int, int]: ...
-    async def save_session(self, record: Any, ttl: float) -> None: ...
-    async def load_session(self, session_id: str) -> Any: ...
-    async def delete_session(self, session_id: str) -> None: ...
-
-
 class _BroadcastOnlyBackend:
-    """The backend shape before resumable sessions: no session records."""
+    """The backend shape before the cluster seam: publish, no presence or token store."""
 
     async def start(self, deliver: Any) -> None: ...
     async def stop(self) -> None: ...
@@ -162,6 +153,15 @@ INVALID: list[tuple[str, Any]] = [
     ("backend", 5),
     ("backend", object()),
     ("backend", _BroadcastOnlyBackend()),
+    ("cluster_name", ""),
+    ("cluster_name", "two words"),
+    ("cluster_name", "a:b"),
+    ("cluster_name", None),
+    ("probe_interval", 0),
+    ("cluster_timeout", -1),
+    ("cluster_outbox_messages", 0),
+    ("cluster_outbox_bytes", 0),
+    ("cluster_history", 0),
 ]
 
 
@@ -301,6 +301,8 @@ def test_config_and_manager_combinations() -> None:
         ("stats_path", None, None),
         ("client_js_path", "/static/stab.js", "/static/stab.js"),
         ("on_connect", _async_hook, _async_hook),
+        ("cluster_name", "chat-2", "chat-2"),
+        ("probe_interval", 0.05, 0.05),
         ("ping_text", "❤", "❤"),
     ],
 )
@@ -313,7 +315,7 @@ def test_hook_and_backend_objects_are_accepted() -> None:
     """An object with an async `__call__` is a hook; an object with the backend methods is a
     backend."""
     hook = _AsyncCallable()
-    backend = _Backend()
+    backend = MemoryBackend()
     cfg = StabilizerConfig(on_disconnect=hook, backend=backend)
     assert cfg.on_disconnect is hook and cfg.backend is backend
 
@@ -323,6 +325,7 @@ def test_public_view_hides_secrets(url_backend: None) -> None:
     cfg = StabilizerConfig(
         secret="s3cret", admin_token="t0ken", backend="fake://user:pw@host:6379/0"
     )
+    assert cfg.backend == "fake://user:pw@host:6379/0"
     public = cfg.public()
     assert public["secret"] == "<set>" and public["admin_token"] == "<set>"
     assert "pw" not in public["backend"] and public["backend"].endswith("host:6379/0")
@@ -337,21 +340,18 @@ def test_config_is_immutable() -> None:
 
 
 def test_backend_check_matches_the_backend_protocol() -> None:
-    """Config requires exactly the methods of `backends.base.Backend`, and the memory backend
+    """Config requires exactly the members of `backends.base.Backend`, and the memory backend
     has them all."""
-    from stabilizer_asgi.backends._legacy import Backend, MemoryBackend
+    from stabilizer_asgi.backends import Backend
 
-    protocol_methods = {
-        name
-        for name, value in vars(Backend).items()
-        if callable(value) and not name.startswith("_")
-    }
-    assert set(BACKEND_METHODS) == protocol_methods
+    protocol_members = {name for name in vars(Backend) if not name.startswith("_")}
+    assert set(BACKEND_MEMBERS) == protocol_members
     assert StabilizerConfig(backend=MemoryBackend()).backend is not None
 
 
-class _UrlBackend(_Backend):
-    def __init__(self, url: str) -> None:
+class _UrlBackend(MemoryBackend):
+    def __init__(self, url: str, **settings: Any) -> None:
+        super().__init__()
         self.url = url
 
 
@@ -374,7 +374,7 @@ def url_backend(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_url_backend_whose_extra_is_installed_is_accepted_and_built(url_backend: None) -> None:
     """A URL with a registered scheme whose requirement imports passes the config, and the
     manager builds that backend from the URL."""
-    cfg = StabilizerConfig(backend="fake://host:1/0")
+    cfg = StabilizerConfig(backend="fake://host:1/0", secret="k")
     backend = Stabilizer(cfg).backend
     assert isinstance(backend, _UrlBackend) and backend.url == "fake://host:1/0"
 
@@ -386,7 +386,11 @@ def test_a_url_backend_whose_extra_is_installed_is_accepted_and_built(url_backen
             "absent://user:pw@host",
             "a absent:// URL needs the [absent] extra: pip install 'stabilizer-asgi[absent]'",
         ),
-        ("postgres://user:pw@host", "'memory', a absent:// or fake:// URL, or a backend object"),
+        (
+            "postgres://user:pw@host",
+            "'memory', a absent:// or fake:// or redis:// or rediss:// or unix:// URL, "
+            "or a backend object",
+        ),
     ],
 )
 def test_a_url_backend_that_cannot_be_used_fails_at_config_time(
@@ -398,3 +402,13 @@ def test_a_url_backend_that_cannot_be_used_fails_at_config_time(
         StabilizerConfig(backend=url)
     assert info.value.field == "backend" and info.value.allowed == allowed
     assert "pw" not in str(info.value)
+
+
+def test_a_redis_backend_requires_a_shared_secret() -> None:
+    """With a redis:// backend, no `secret` is a ConfigError naming `secret` (a key generated
+    per process cannot be shared with the other nodes); with one it is accepted."""
+    with pytest.raises(ConfigError) as info:
+        StabilizerConfig(backend="redis://localhost:6379/0")
+    assert info.value.field == "secret"
+    cfg = StabilizerConfig(backend="rediss://localhost:6380/1", secret="k")
+    assert cfg.backend == "rediss://localhost:6380/1"

@@ -199,19 +199,24 @@ def test_join_rejects_bad_group_names(harness: Harness, group: Any) -> None:
     assert h.call(h.manager.groups) == {}
 
 
-def test_unknown_sessions_raise_session_not_found(harness: Harness) -> None:
-    """`join`, `leave` and `issue_token` on an unknown id raise `SessionNotFoundError`."""
+def test_unknown_sessions_answer_false_or_raise_session_not_found(harness: Harness) -> None:
+    """`join`, `leave`, `send` and `close` on an id no node has answer False (the same
+    answer in cluster mode); `issue_token` raises `SessionNotFoundError`."""
     h = harness
+    _, sid = h.connect()
+    assert h.run(h.manager.join, sid, "g") is True
+    assert h.run(h.manager.leave, sid, "g") is True
     for fn, args in [
         (h.manager.join, ("ghost", "g")),
         (h.manager.leave, ("ghost", "g")),
+        (h.manager.send, ("ghost", "x")),
+        (h.manager.close, ("ghost",)),
     ]:
-        with pytest.raises(SessionNotFoundError) as info:
-            h.run(fn, *args)
-        assert "ghost" in str(info.value)
-        assert isinstance(info.value, StabilizerError) and isinstance(info.value, KeyError)
-    with pytest.raises(SessionNotFoundError):
+        assert h.run(fn, *args) is False
+    with pytest.raises(SessionNotFoundError) as info:
         h.call(h.manager.issue_token, "ghost")
+    assert "ghost" in str(info.value)
+    assert isinstance(info.value, StabilizerError) and isinstance(info.value, KeyError)
 
 
 def test_close_reaches_client_and_app(harness: Harness) -> None:

@@ -16,8 +16,8 @@ import anyio
 import pytest
 
 from stabilizer_asgi.backends import (
+    Backend,
     Broker,
-    ClusterBackend,
     Command,
     Presence,
     Publication,
@@ -25,13 +25,13 @@ from stabilizer_asgi.backends import (
 )
 from tests.helpers import WAIT, await_until
 
-NewBackend = Callable[[], ClusterBackend]
+NewBackend = Callable[[], Backend]
 
 
 class FakeNode:
     """What a backend sees of a node: sessions by id, what was delivered and lost."""
 
-    def __init__(self, backend: ClusterBackend) -> None:
+    def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.got: list[Publication] = []
         self.sessions: dict[str, list[Command]] = {}
@@ -88,7 +88,7 @@ class ClusterContract:
     async def test_has_the_three_facets(self, new_backend: NewBackend) -> None:
         """A backend is a Broker, a Presence and a SessionStore, with a node id."""
         backend = new_backend()
-        assert isinstance(backend, ClusterBackend)
+        assert isinstance(backend, Backend)
         assert isinstance(backend.broker, Broker)
         assert isinstance(backend.presence, Presence)
         assert isinstance(backend.store, SessionStore)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 import websockets
 
-from tests.helpers import WAIT, await_until
+from tests.helpers import WAIT, await_until, control
 from tests.redis_support import RedisServer
 
 from .support import Client, NodeProcess, nodes
@@ -138,8 +140,9 @@ async def test_redis_killed_and_restarted_mid_stream_loses_nothing(
                         lambda: b.get("/_stabilizer/health")[1]["status"] == "degraded",
                         what="b degraded",
                     )
-                    status, body = b.get("/_stabilizer/health")
-                    assert status == 200 and body.get("reason")
+                    status, _ = b.get("/_stabilizer/health")
+                    assert status == 200
+                    assert b.stats()["cluster"]["problem"]  # stats say why
                 if i == 40:
                     redis_server.start()
                 await anyio.sleep(0.02)
@@ -193,3 +196,94 @@ async def test_duplicate_client_reject_holds_across_nodes(redis_server: RedisSer
                 return False
 
         await await_until(admitted, what="alice admitted on b")
+
+
+async def test_a_token_is_single_use_across_nodes(redis_server: RedisServer) -> None:
+    """A token spent resuming on node A is answered "invalid" on node B; a token of a session
+    B does not hold, never spent, is "unknown" there."""
+    with nodes(redis_server.url) as (a, b):
+        ws = await websockets.connect(a.ws("/ws?stabilizer=1"), ping_interval=None)
+        first = control(await ws.recv())
+        assert first is not None
+        ws.transport.abort()  # dropped: the session stays resumable on A
+        resume = f"/ws?stabilizer=1&stabilizer_resume={first['token']}&stabilizer_ack=0"
+
+        async def resumed_on_a() -> dict[str, Any] | None:
+            async with websockets.connect(a.ws(resume), ping_interval=None) as again:
+                return control(await again.recv())
+
+        hello = await resumed_on_a()
+        assert hello is not None and hello["resumed"] is True
+        async with websockets.connect(b.ws(resume), ping_interval=None) as other:
+            reply = control(await other.recv())
+        assert reply is not None and reply["reason"] == "invalid"
+        fresh = f"/ws?stabilizer=1&stabilizer_resume={hello['token']}&stabilizer_ack=0"
+        async with websockets.connect(b.ws(fresh), ping_interval=None) as other:
+            reply = control(await other.recv())
+        assert reply is not None and reply["reason"] == "unknown"
+
+
+async def test_duplicate_client_replace_closes_the_other_nodes_session(
+    redis_server: RedisServer,
+) -> None:
+    """With duplicate_client="replace", connecting as alice on node B closes alice's
+    session on node A with 1000 "replaced"."""
+    with nodes(redis_server.url, STABILIZER_TEST_DUPLICATE="replace") as (a, b):
+        async with anyio.create_task_group() as tg:
+            old = Client(a.ws("/ws?client_id=alice"))
+            await tg.start(old.run)
+            new = Client(b.ws("/ws?client_id=alice"))
+            await tg.start(new.run)
+            await await_until(lambda: old.close_code == 1000, what="the old session replaced")
+            assert new.close_code is None
+            tg.cancel_scope.cancel()
+
+
+async def test_publications_of_a_node_shutting_down_go_out_before_it_exits(
+    redis_server: RedisServer,
+) -> None:
+    """Broadcasts a node made while Redis was away are sent when Redis returns during its
+    graceful shutdown (within cluster_timeout), before the process exits."""
+    with nodes(redis_server.url) as (a, b):
+        async with anyio.create_task_group() as tg:
+            on_b = await connect(tg, b, 3)
+            redis_server.kill()
+            for i in range(5):
+                await anyio.to_thread.run_sync(lambda i=i: a.post("/broadcast", text=f"m{i}"))
+            stopping = anyio.Event()
+
+            async def stop_a() -> None:
+                await anyio.to_thread.run_sync(a.stop)
+                stopping.set()
+
+            tg.start_soon(stop_a)
+            await anyio.sleep(1.0)
+            assert a.proc.poll() is None  # still flushing its outbox
+            redis_server.start()
+            await await_until(
+                lambda: all(c.frames == [f"m{i}" for i in range(5)] for c in on_b),
+                timeout=WAIT * 2,
+                what="b's clients got a's last broadcasts",
+            )
+            await stopping.wait()
+            tg.cancel_scope.cancel()
+
+
+async def test_a_killed_node_leaves_every_view_within_3_probe_intervals(
+    redis_server: RedisServer,
+) -> None:
+    """A node killed with SIGKILL (no goodbye) is dropped from the other node's stats within
+    3 × probe_interval, with its connections."""
+    with nodes(redis_server.url, STABILIZER_TEST_PROBE="0.4") as (a, b):
+        async with anyio.create_task_group() as tg:
+            await connect(tg, b, 2)
+            await await_until(lambda: a.stats()["cluster"]["connections"] == 2, what="2 on b")
+            b.proc.kill()
+            b.proc.wait(5)
+            killed = anyio.current_time()
+            await await_until(
+                lambda: len(a.stats()["cluster"]["nodes"]) == 1, what="b gone from a's view"
+            )
+            assert anyio.current_time() - killed <= 3 * 0.4 + 2.0  # + generous polling slack
+            assert a.stats()["cluster"]["connections"] == 0
+            tg.cancel_scope.cancel()

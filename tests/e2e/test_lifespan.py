@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import pytest
 import uvicorn
 from starlette.applications import Starlette
@@ -264,24 +265,24 @@ def test_a_config_error_without_lifespan_fails_every_request_loudly() -> None:
 
 
 class FailingBackend(MemoryBackend):
-    """The memory backend, made to fail in `start` or `stop`."""
+    """The memory backend, made to fail in `run` (before it is up) or `stop`."""
 
     def __init__(self, fail_in: str) -> None:
         super().__init__()
         self.fail_in = fail_in
         self.calls: list[str] = []
 
-    async def start(self, deliver: Any) -> None:
+    async def run(self, node: Any, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         self.calls.append("start")
         if self.fail_in == "start":
             raise ConnectionError("backend unreachable")
-        await super().start(deliver)
+        await super().run(node, task_status=task_status)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 5.0) -> None:
         self.calls.append("stop")
         if self.fail_in == "stop":
             raise ConnectionError("backend would not close")
-        await super().stop()
+        await super().stop(timeout)
 
 
 @pytest.mark.parametrize("lifespan", ["on", "auto"])

@@ -174,7 +174,7 @@ def test_values_are_parsed_by_field_type() -> None:
         ([], {"STABILIZER_FACTORY": "maybe"}, ["STABILIZER_FACTORY (--factory)", "on/off"]),
         ([], {"STABILIZER_NUM_SHARDS": "0"}, ["STABILIZER_NUM_SHARDS", "between 1 and 65536"]),
         ([], {"STABILIZER_EVICTION": "random"}, ["STABILIZER_EVICTION", "'lru' or 'fifo'"]),
-        (["--backend", "redis://x"], {}, ["--backend", "'redis://...'", "'memory'"]),
+        (["--backend", "postgres://x"], {}, ["--backend", "'postgres://...'", "'memory'"]),
         (
             [],
             {"STABILIZER_BACKEND": "nope"},
