@@ -98,9 +98,7 @@ async def test_workers_on_redis_reach_every_client(
             return {"nodes": [], "connections": -1}
         return reply.json()["cluster"]
 
-    await await_until(
-        lambda: len(cluster_view()["nodes"]) == 2, timeout=WAIT * 4, what="two nodes"
-    )
+    await await_until(lambda: len(cluster_view()["nodes"]) == 2, timeout=WAIT * 4, what="two nodes")
     async with anyio.create_task_group() as tg:
         # Until the kernel has handed connections to both workers (it picks, not us; a worker
         # that has just accepted is often picked again, so pause between handshakes).
