@@ -158,25 +158,25 @@ class Stabilizer:
     # ------------------------------------------------------------------ queries
 
     def get(self, session_id: str) -> Session | None:
-        """The session with this id (connected or detached), or None."""
+        """The session with this id (connected or detached) on this node, or None."""
         return self._registry.get(session_id) or self._connecting.get(session_id)
 
     def sessions(self, group: str | None = None) -> list[Session]:
-        """All registered sessions, or the members of `group`."""
+        """This node's registered sessions, or its members of `group` (local in cluster mode)."""
         if group is None:
             return list(self._registry)
         return list(self._registry.members(group).values())
 
     def count(self) -> int:
-        """Number of registered sessions."""
+        """Number of sessions registered on this node (local in cluster mode)."""
         return len(self._registry)
 
     def by_client(self, client_id: str) -> list[Session]:
-        """Sessions whose client id is `client_id`."""
+        """This node's sessions whose client id is `client_id` (local in cluster mode)."""
         return self._registry.by_client(client_id)
 
     def groups(self) -> dict[str, int]:
-        """Group name → number of members."""
+        """Group name → number of members on this node (local in cluster mode)."""
         return self._registry.group_counts()
 
     @property
