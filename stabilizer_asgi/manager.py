@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -15,7 +14,7 @@ import anyio.abc
 
 from . import logging as _log
 from .asgi import _runtime
-from .asgi.connection import DELIVERED, FAILED, FanOut, fan_out
+from .asgi.connection import DELIVERED, deliver, encode_message, escaped, offer_one, payload_of
 from .backends import Command, Payload, create_backend
 from .cluster import Cluster
 from .config import StabilizerConfig
@@ -58,7 +57,6 @@ MAX_TOMBSTONES = 4096
 SWEEP_BATCH = 1000
 # Seconds drain() waits for the apps of the connections it closed to unwind.
 DRAIN_GRACE = 5.0
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class BroadcastResult(NamedTuple):
@@ -76,19 +74,6 @@ class ShutdownReport(NamedTuple):
     closed: int
     failed: int
     duration: float
-
-
-def encode_message(message: object) -> tuple[dict[str, Any], int]:
-    """An ASGI `websocket.send` event for `message` and its size in bytes."""
-    if isinstance(message, str):
-        return {"type": "websocket.send", "text": message}, wire.text_size(message)
-    if isinstance(message, bytes | bytearray | memoryview):
-        data = bytes(message)
-        return {"type": "websocket.send", "bytes": data}, len(data)
-    if isinstance(message, dict | list):
-        text = _dumps(message)
-        return {"type": "websocket.send", "text": text}, wire.text_size(text)
-    raise TypeError(f"cannot send {type(message).__name__}: use str, bytes, dict or list")
 
 
 class Stabilizer:
@@ -210,16 +195,10 @@ class Stabilizer:
         frame, size = encode_message(message)
         session = self._registry.get(session_id)
         if session is None:
-            return await self.cluster.request(Command("send", session_id, payload=_payload(frame)))
-        return self._offer_one(session, frame, _escaped(frame), size, _monotonic()) == DELIVERED
-
-    def _buffer_detached(self, session: Session, escaped: Message, size: int) -> bool:
-        """A frame for a detached session waits in its replay buffer for the resume."""
-        return (
-            session._replay is not None
-            and session.state is SessionState.DETACHED
-            and session._hold(escaped, size)
-        )
+            return await self.cluster.request(
+                Command("send", session_id, payload=payload_of(frame))
+            )
+        return offer_one(session, frame, escaped(frame), size, _monotonic()) == DELIVERED
 
     async def broadcast(
         self,
@@ -239,7 +218,7 @@ class Stabilizer:
         counts = self._deliver(frame, size, group, skip)
         cluster = self.cluster
         if cluster.others:
-            cluster.publish(_payload(frame), group, skip)
+            cluster.publish(payload_of(frame), group, skip)
         self._count("broadcasts")
         return BroadcastResult(*counts)
 
@@ -257,47 +236,13 @@ class Stabilizer:
         self, frame: Message, size: int, group: str | None, skip: frozenset[str]
     ) -> tuple[int, int, int, int]:
         """Fan a broadcast out to this node's sessions: (total, delivered, dropped, failed)."""
-        escaped = _escaped(frame)
         if group is None:
             targets: list[Session] = self._registry.snapshot()
         else:
             targets = list(self._registry.members(group).values())
         if skip:
             targets = [session for session in targets if session.id not in skip]
-        now = _monotonic()
-        tally = FanOut()
-        if _runtime.library() != "asyncio":
-            for session in targets:
-                tally.count(self._offer_one(session, frame, escaped, size, now))
-        else:
-            remaining = iter(targets)
-            while True:
-                pump = fan_out(self, remaining, frame, escaped, size, now, tally)
-                try:
-                    first = pump.send(None)
-                except StopIteration:
-                    break
-                # A transport pushed back: its writer finishes this one send (a frame in flight
-                # counts as delivered), and a new stretch carries on with the other sessions.
-                conn = tally.hand_off()
-                self._spawn(conn._write_rest, pump, first)
-        total = len(targets)
-        return total, total - tally.dropped - tally.failed, tally.dropped, tally.failed
-
-    def _offer_one(
-        self,
-        session: Session,
-        frame: Message,
-        escaped: Message,
-        size: int,
-        now: float,
-    ) -> int:
-        """One broadcast recipient through the general path: DELIVERED, DROPPED or FAILED."""
-        conn = session._conn
-        if conn is None:
-            return DELIVERED if self._buffer_detached(session, escaped, size) else FAILED
-        result: int = conn.offer(frame, escaped, size, now)
-        return result
+        return deliver(targets, frame, size, self._spawn)
 
     async def join(self, session_id: str, group: str) -> bool:
         """Add a session to a group (created on first join); False if no node has the session.
@@ -1142,17 +1087,3 @@ async def _unwound(conns: list[Connection], timeout: float) -> None:
     with anyio.move_on_after(timeout):
         while any(c.session._conn is c for c in conns):  # noqa: ASYNC110 - polls many ends
             await anyio.sleep(0.005)
-
-
-def _payload(frame: Message) -> Payload:
-    text = frame.get("text")
-    if text is not None:
-        return str(text)
-    return bytes(frame["bytes"])
-
-
-def _escaped(frame: Message) -> Message:
-    text = frame.get("text")
-    if text is not None and text[:1] == "\x1e":
-        return {"type": "websocket.send", "text": "\x1e" + text}
-    return frame

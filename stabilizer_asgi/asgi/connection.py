@@ -15,10 +15,11 @@ is cancelled. The middleware holds the connection's slot until then (`settle`).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import types
 from collections import deque
-from collections.abc import Coroutine, Generator, Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -41,6 +42,27 @@ _RS = wire.RS
 _monotonic = time.monotonic
 _current_task = _runtime.current_task
 _text_size = wire.text_size
+
+
+# The transport's rules. A `Connection` is the one owner of its server `send`; everything that
+# writes (the app's sends, manager sends and broadcasts, control frames, the close) goes
+# through the methods below, and these fields are set only here (plus `FanOut.hand_off`, which
+# hands a suspended inline send to this connection's writer):
+# - `_busy`: one writer holds the transport (an app send, an inline manager send that
+#   suspended, `_flush`, or the greeting and replay in `_accepted`). Only the holder clears it
+#   (`_end_turn`, `_flush`); while it is set every other frame waits in `_outq`, bounded by
+#   max_queue_messages / max_queue_bytes (over it: `slow_consumer`), and goes out in order.
+# - `_phase`: CONNECTING → OPEN (the app's accept) → CLOSED, or RESPONSE (a denial). Manager
+#   frames are written only while OPEN.
+# - `_closing`: set once, by `_abort` (a close of ours) or `_transport_failed`; from then on
+#   only the close frame is written, the app's sends raise `WebSocketDisconnect` and its
+#   `receive` returns the disconnect. A close that cannot be written within `close_timeout`
+#   aborts the transport.
+# - `session._conn is self`: this connection owns its session (set by the manager when it
+#   binds a resume or accepts, cleared when the session detaches, ends or is superseded);
+#   frames for a session without one are held for its resume (`offer_one`).
+# Delivery (`offer_one`, `deliver`, `fan_out`, at the end of this module) is the only code
+# outside the class that steps a connection's send, and it does so under these rules.
 
 
 class Connection:
@@ -856,7 +878,6 @@ class FanOut:
 
 @types.coroutine
 def fan_out(
-    manager: Stabilizer,
     targets: Iterator[Session],
     frame: Message,
     escaped: Message,
@@ -872,13 +893,13 @@ def fan_out(
     one send is done (a new stretch has begun), and carries on with the rest of `targets` in a
     new one. Counts go to `tally`; those of a send finished by the writer come too late to be
     part of the broadcast's result (a frame in flight counts as delivered).
-    Sessions that are detached, busy or closing go through `offer` (`manager._offer_one`).
+    Sessions that are detached, busy or closing go through `offer_one`.
     """
     stretch = tally.stretch
     for session in targets:
         conn = session._conn
         if conn is None or conn._busy or conn._phase != OPEN or conn._closing is not None:
-            tally.count(manager._offer_one(session, frame, escaped, size, now))
+            tally.count(offer_one(session, frame, escaped, size, now))
             continue
         out, held = conn._outbound(frame, escaped, size, now)
         tally.conn = conn
@@ -890,3 +911,89 @@ def fan_out(
                 tally.failed += 1
         if tally.stretch != stretch:
             return
+
+
+# ---------------------------------------------------------------------- delivery
+# Every frame the manager sends goes out through here: one session (`offer_one`), or a
+# broadcast's fan-out to this process's sessions (`deliver`). Frames from other nodes of a
+# cluster arrive as payloads and take the same path.
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def encode_message(message: object) -> tuple[dict[str, Any], int]:
+    """An ASGI `websocket.send` event for `message` and its size in bytes."""
+    if isinstance(message, str):
+        return {"type": "websocket.send", "text": message}, wire.text_size(message)
+    if isinstance(message, bytes | bytearray | memoryview):
+        data = bytes(message)
+        return {"type": "websocket.send", "bytes": data}, len(data)
+    if isinstance(message, dict | list):
+        text = _dumps(message)
+        return {"type": "websocket.send", "text": text}, wire.text_size(text)
+    raise TypeError(f"cannot send {type(message).__name__}: use str, bytes, dict or list")
+
+
+def escaped(frame: Message) -> Message:
+    """The frame as an opted-in client gets it: app text starting with RS gets one more."""
+    text = frame.get("text")
+    if text is not None and text[:1] == _RS:
+        return {"type": "websocket.send", "text": _RS + text}
+    return frame
+
+
+def payload_of(frame: Message) -> str | bytes:
+    """What crosses to other nodes for a frame: its text, or its bytes."""
+    text = frame.get("text")
+    if text is not None:
+        return str(text)
+    return bytes(frame["bytes"])
+
+
+def offer_one(session: Session, frame: Message, escaped: Message, size: int, now: float) -> int:
+    """One recipient through the general path: DELIVERED, DROPPED or FAILED. A session with no
+    connection (detached) keeps the frame for its resume."""
+    conn = session._conn
+    if conn is None:
+        held = (
+            session._replay is not None
+            and session.state is SessionState.DETACHED
+            and session._hold(escaped, size)
+        )
+        return DELIVERED if held else FAILED
+    result: int = conn.offer(frame, escaped, size, now)
+    return result
+
+
+def deliver(
+    targets: list[Session],
+    frame: Message,
+    size: int,
+    spawn: Callable[..., Any],
+) -> tuple[int, int, int, int]:
+    """Fan a frame out to `targets` without waiting: (total, delivered, dropped, failed).
+
+    On asyncio every idle transport's send is stepped inline (`fan_out`); a send that pushes
+    back is handed to its connection's writer (started with `spawn`) and the rest carry on. On
+    trio each recipient goes through `offer_one`.
+    """
+    shown = escaped(frame)
+    now = _monotonic()
+    tally = FanOut()
+    if _runtime.library() != "asyncio":
+        for session in targets:
+            tally.count(offer_one(session, frame, shown, size, now))
+    else:
+        remaining = iter(targets)
+        while True:
+            pump = fan_out(remaining, frame, shown, size, now, tally)
+            try:
+                first = pump.send(None)
+            except StopIteration:
+                break
+            # A transport pushed back: its writer finishes this one send (a frame in flight
+            # counts as delivered), and a new stretch carries on with the other sessions.
+            conn = tally.hand_off()
+            spawn(conn._write_rest, pump, first)
+    total = len(targets)
+    return total, total - tally.dropped - tally.failed, tally.dropped, tally.failed
