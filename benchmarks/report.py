@@ -47,6 +47,8 @@ def fmt(value: float | None) -> str:
 def _cell(summary: Json | None) -> str:
     if not summary:
         return "–"
+    if summary.get("single"):  # one measurement by nature: no spread to show
+        return fmt(summary["median"])
     return f"{fmt(summary['median'])} [{fmt(summary['min'])}–{fmt(summary['max'])}]"
 
 
