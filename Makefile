@@ -35,15 +35,19 @@ test: lint docs tools
 check-install: $(STAMP)
 	$(BIN)/python tests/install/check_install.py
 
-## make tools: the external tools the tests drive (Debian's chromium for the browser client)
+## make tools: the external tools the tests drive (Debian's chromium for the browser client,
+## Debian's redis-server for cluster mode)
 tools:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@for tool in chromium:chromium redis-server:redis-server; do \
+	  cmd=$${tool%%:*}; pkg=$${tool#*:}; \
+	  command -v $$cmd >/dev/null 2>&1 && continue; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $$pkg >/dev/null || exit 1; \
 	  else \
-	    echo "make test needs Debian's chromium: sudo apt-get install chromium" >&2; exit 1; \
-	  fi; }
+	    echo "make test needs Debian's $$pkg: sudo apt-get install $$pkg" >&2; exit 1; \
+	  fi; \
+	done
 
 lint: $(STAMP)
 	$(BIN)/ruff check stabilizer_asgi tests benchmarks examples
@@ -59,7 +63,7 @@ format: $(STAMP)
 	$(BIN)/ruff format stabilizer_asgi tests benchmarks examples
 	$(BIN)/ruff check --fix stabilizer_asgi tests benchmarks examples
 
-## make bench: every benchmark (~10 min); results in benchmarks/results/
+## make bench: every benchmark (~15 min); results in benchmarks/results/
 bench: $(BSTAMP)
 	$(BIN)/python -m benchmarks.run
 

@@ -71,7 +71,7 @@ PROFILES: dict[str, Json] = {
         "reps": 5,
         "procs": 2,
         "idle": 15.0,
-        "outage": {"clients": 200, "rate": 50, "seconds": 10.0, "kill_at": 4.0},
+        "outage": {"clients": 200, "rate": 50, "seconds": 10.0, "kill_at": 4.0, "idle": 3.0},
     },
     "quick": {
         "clients": 200,
@@ -79,7 +79,7 @@ PROFILES: dict[str, Json] = {
         "reps": 5,
         "procs": 2,
         "idle": 10.0,
-        "outage": {"clients": 100, "rate": 50, "seconds": 6.0, "kill_at": 2.0},
+        "outage": {"clients": 100, "rate": 50, "seconds": 6.0, "kill_at": 2.0, "idle": 3.0},
     },
     "tiny": {
         "clients": 20,
@@ -88,7 +88,7 @@ PROFILES: dict[str, Json] = {
         "procs": 1,
         "idle": 5.0,
         "variants": "raw",
-        "outage": {"clients": 10, "rate": 20, "seconds": 3.5, "kill_at": 0.5},
+        "outage": {"clients": 10, "rate": 20, "seconds": 3.5, "kill_at": 0.5, "idle": 1.0},
     },
 }
 RESTART_AFTER = 2.0  # seconds redis-server stays down in the outage run
@@ -350,7 +350,9 @@ def _measure(variant: str, clients: int, messages: int, reps: int, procs: int, i
 # --- the outage run ------------------------------------------------------------------------------
 
 
-def _outage(variant: str, clients: int, rate: float, seconds: float, kill_at: float) -> Json:
+def _outage(
+    variant: str, clients: int, rate: float, seconds: float, kill_at: float, idle: float
+) -> Json:
     cluster = Cluster(variant, clients, 1)
     try:
         count = int(rate * seconds)
@@ -375,7 +377,7 @@ def _outage(variant: str, clients: int, rate: float, seconds: float, kill_at: fl
         publisher.join(seconds + 150)
         if error:
             raise RuntimeError(f"publishing failed: {error[0]!r}")
-        per_instance = cluster.expect(0, count, 3.0, detail=True)
+        per_instance = cluster.expect(0, count, idle, detail=True)
         t0 = float(reply["t0"])
         kill_index = max(0, math.ceil((killed_at - t0) * rate))
         back_index = max(kill_index, math.ceil((back_at - t0) * rate))
@@ -513,6 +515,7 @@ def run(
                         float(o["rate"]),
                         float(o["seconds"]),
                         float(o["kill_at"]),
+                        float(o["idle"]),
                     )
                 except Exception as exc:
                     outages[name] = failed(f"{type(exc).__name__}: {exc}")
