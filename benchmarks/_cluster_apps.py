@@ -290,6 +290,10 @@ def broadcaster_app(redis_url: str) -> ASGIApp:
         # Group members are counted as such only by apps that have groups.
         return {"connections": len(connected), "members": -1}
 
+    return Starlette(
+        routes=[WebSocketRoute("/ws", ws), *bench_routes(publish, info)], lifespan=lifespan
+    )
+
 
 BUILDERS: dict[str, Callable[[str], ASGIApp]] = {
     "raw": raw_app,

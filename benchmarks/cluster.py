@@ -128,9 +128,56 @@ def variant_status(name: str) -> tuple[bool, str | None]:
         return ours_cluster_status()
     if app == "socketio" and importlib.util.find_spec("socketio") is None:
         return False, "python-socketio is not installed (pip install -e '.[bench]')"
-    if app == "broadcaster" and importlib.util.find_spec("broadcaster") is None:
-        return False, "broadcaster is not installed (pip install -e '.[bench]')"
+    if app == "broadcaster":
+        if importlib.util.find_spec("broadcaster") is None:
+            return False, "broadcaster is not installed (pip install -e '.[bench]')"
+        return broadcaster_status()
     return True, None
+
+
+def broadcaster_status(timeout: float = 3.0) -> tuple[bool, str | None]:
+    """Whether encode/broadcaster's Redis backend delivers anything with the installed redis-py.
+
+    broadcaster 0.3.1 wakes its listener when the first channel is subscribed and iterates
+    ``pubsub.listen()``, which ends at once while the pubsub has no channel registered. redis-py
+    up to 7.x registered it before the ``SUBSCRIBE`` call first yielded; 8.x registers it after
+    the round trip, so the listener finds none, ends, and then waits forever: every message is
+    silently dropped. One message through a scratch redis-server tells which case this is.
+    """
+    import asyncio
+    import importlib.metadata
+
+    from broadcaster import Broadcast
+
+    async def probe(url: str) -> bool:
+        broadcast = Broadcast(url)
+        await broadcast.connect()
+        try:
+            async with broadcast.subscribe(channel="probe") as subscriber:
+                await asyncio.sleep(0.1)
+                await broadcast.publish(channel="probe", message="hello")
+                try:
+                    event = await asyncio.wait_for(subscriber.get(), timeout)
+                except asyncio.TimeoutError:
+                    return False
+                return bool(event.message == "hello")
+        finally:
+            await broadcast.disconnect()
+
+    with RedisServer() as server:
+        works = asyncio.run(probe(server.url))
+    if works:
+        return True, None
+    versions = (
+        f"broadcaster {importlib.metadata.version('broadcaster')}, "
+        f"redis-py {importlib.metadata.version('redis')}"
+    )
+    return False, (
+        f"encode/broadcaster's Redis backend delivers nothing with the redis-py we install "
+        f"({versions}): its listener runs pubsub.listen() before redis-py 8 has registered "
+        "the subscription, listen() ends at once and the listener then waits forever, "
+        "silently (it works with redis-py 5 to 7)"
+    )
 
 
 # --- one cluster: Redis, two instances, the clients -------------------------------------------
@@ -271,6 +318,15 @@ class Cluster:
         self.redis.stop()
 
 
+def _reason(exc: BaseException) -> str:
+    """An exception as one line: its first line and, for a server's stderr tail, its last."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    if len(lines) > 1:
+        text += f" … {lines[-1]}"
+    return text
+
+
 def _pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
@@ -309,6 +365,8 @@ def _measure(variant: str, clients: int, messages: int, reps: int, procs: int, i
                 continue
             publish_errors += int(reply["errors"])
             delivered = sum(p["delivered"] for p in per_instance)
+            if not delivered:
+                raise RuntimeError(f"no client received any of broadcasts {lo}..{hi - 1}")
             last = max(p["last_arrival"] for p in per_instance)
             wall = max(1e-9, last - float(reply["t0"]))
             spent = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
@@ -477,7 +535,7 @@ def run(
             try:
                 results[name] = _measure(name, clients, messages, reps, procs, idle)
             except Exception as exc:
-                results[name] = failed(f"{type(exc).__name__}: {exc}")
+                results[name] = failed(_reason(exc))
             loads.append(load_average())
         ratios = [
             ratio(results, "ours", "raw", "cpu_us_per_delivery", target=("<=", 1.2)),
@@ -518,7 +576,7 @@ def run(
                         float(o["idle"]),
                     )
                 except Exception as exc:
-                    outages[name] = failed(f"{type(exc).__name__}: {exc}")
+                    outages[name] = failed(_reason(exc))
             outage_notes.append(_outage_note(name, outages[name]))
             loads.append(load_average())
         cases.append(

@@ -54,7 +54,8 @@ def _cell(summary: Json | None) -> str:
 
 def _short_reason(variant: Json) -> str:
     status = variant.get("status")
-    reason = str(variant.get("reason", ""))
+    # one line, no table separators: the reason goes into a Markdown table cell
+    reason = " ".join(str(variant.get("reason", "")).split()).replace("|", "/")
     if status == "not_available":
         return "not available" + (
             " (middleware not importable yet)"
