@@ -31,6 +31,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import shutil
+import signal
+import sys
 import threading
 import time
 
@@ -645,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     part.add_argument("--no-outage", action="store_true", help="skip the outage run")
     part.add_argument("--outage-only", action="store_true", help="only the outage run")
     args = parser.parse_args(argv)
+    # A plain `kill` of this process still stops redis-server, the instances and the clients.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(
         resolve_profile(args),
         reps=args.reps,
