@@ -114,7 +114,8 @@ def ours_cluster_status() -> tuple[bool, str | None]:
             raise ImportError("no module stabilizer_asgi.backends.redis")
     except Exception as exc:
         return False, (
-            f"the middleware has no Redis backend yet ({type(exc).__name__}: {str(exc)[:160]})"
+            "stabilizer_asgi has no Redis backend yet: StabilizerConfig(backend='redis://…', "
+            f"cluster_name=…, secret=…) fails ({type(exc).__name__}: {str(exc)[:160]})"
         )
     return True, None
 
