@@ -90,7 +90,7 @@ PROFILES: dict[str, Json] = {
         "procs": 1,
         "idle": 5.0,
         "variants": "raw",
-        "outage": {"clients": 10, "rate": 20, "seconds": 3.5, "kill_at": 0.5, "idle": 1.0},
+        "outage": {"clients": 10, "rate": 20, "seconds": 4.5, "kill_at": 0.5, "idle": 1.0},
     },
 }
 RESTART_AFTER = 2.0  # seconds redis-server stays down in the outage run
