@@ -63,7 +63,7 @@ format: $(STAMP)
 	$(BIN)/ruff format stabilizer_asgi tests benchmarks examples
 	$(BIN)/ruff check --fix stabilizer_asgi tests benchmarks examples
 
-## make bench: every benchmark (~10 min); results in benchmarks/results/
+## make bench: every benchmark (~15 min); results in benchmarks/results/
 bench: $(BSTAMP)
 	$(BIN)/python -m benchmarks.run
 

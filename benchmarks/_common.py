@@ -279,6 +279,10 @@ def versions() -> Json:
         "uvloop",
         "psutil",
         "matplotlib",
+        "redis",
+        "python-socketio",
+        "python-engineio",
+        "broadcaster",
     )
     out: Json = {d: _version(d) for d in dists}
     out["git_revision"] = _git_revision()

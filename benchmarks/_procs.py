@@ -14,8 +14,12 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -87,6 +91,8 @@ class ServerProcess:
         ours_options: Json | None = None,
         startup_timeout: float = 30.0,
         env: dict[str, str] | None = None,
+        module: str = "benchmarks._server",
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.app = app
         self.extra_env = env or {}
@@ -95,7 +101,7 @@ class ServerProcess:
         self.args = [
             sys.executable,
             "-m",
-            "benchmarks._server",
+            module,
             "--app",
             app,
             "--host",
@@ -109,6 +115,7 @@ class ServerProcess:
             self.args += ["--heartbeat-timeout", str(heartbeat_timeout)]
         if ours_options:
             self.args += ["--ours-options", json.dumps(ours_options)]
+        self.args += list(extra_args)
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self._stderr: list[str] = []
@@ -225,10 +232,10 @@ class ServerProcess:
 class LoadGen:
     """One client process; :meth:`call` sends a command and waits for its JSON reply."""
 
-    def __init__(self, *, name: str = "loadgen") -> None:
+    def __init__(self, *, name: str = "loadgen", module: str = "benchmarks._loadgen") -> None:
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks._loadgen"],
+            [sys.executable, "-m", module],
             cwd=ROOT,
             env=_env(),
             stdin=subprocess.PIPE,
@@ -389,3 +396,99 @@ class LoadGenPool:
     def close(self) -> None:
         for gen in self.gens:
             gen.close()
+
+
+# --- redis-server ---------------------------------------------------------------------------
+
+
+class RedisServer:
+    """Debian's redis-server on a free loopback port, without persistence.
+
+    :meth:`kill` is a ``kill -9``; :meth:`start` again brings it back on the same port, empty
+    (nothing is saved), as a crashed and restarted Redis would be.
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (make tools installs Debian's)")
+        self.binary = binary
+        self.host = host
+        self.port = free_port(host)
+        self.dir = tempfile.mkdtemp(prefix="bench-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start it (again) on its port and wait until it answers PING."""
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                self.host,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--maxclients",
+                "1000",
+                "--loglevel",
+                "warning",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.01)
+        self.stop()
+        raise RuntimeError("redis-server did not answer PING")
+
+    def kill(self) -> None:
+        """``kill -9`` it (by pid) and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        shutil.rmtree(self.dir, ignore_errors=True)

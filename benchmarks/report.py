@@ -47,12 +47,15 @@ def fmt(value: float | None) -> str:
 def _cell(summary: Json | None) -> str:
     if not summary:
         return "–"
+    if summary.get("single"):  # one measurement by nature: no spread to show
+        return fmt(summary["median"])
     return f"{fmt(summary['median'])} [{fmt(summary['min'])}–{fmt(summary['max'])}]"
 
 
 def _short_reason(variant: Json) -> str:
     status = variant.get("status")
-    reason = str(variant.get("reason", ""))
+    # one line, no table separators: the reason goes into a Markdown table cell
+    reason = " ".join(str(variant.get("reason", "")).split()).replace("|", "/")
     if status == "not_available":
         return "not available" + (
             " (middleware not importable yet)"

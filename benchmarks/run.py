@@ -32,7 +32,16 @@ from benchmarks._common import (
 from benchmarks._procs import load_average
 
 # In-memory benchmarks first (they need a quiet process), then the real-socket ones.
-BENCHMARKS = ("fanout", "heartbeat", "memory", "echo", "fanout_e2e", "scale", "resume", "cluster")
+BENCHMARKS = (
+    "fanout",
+    "heartbeat",
+    "memory",
+    "echo",
+    "fanout_e2e",
+    "scale",
+    "resume",
+    "cluster",
+)
 README = Path(__file__).resolve().parent / "README.md"
 _START, _END = "<!-- results:start -->", "<!-- results:end -->"
 
