@@ -19,7 +19,7 @@ $(BSTAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[dev,docs,bench]"
 	touch $@
 
-## make demo: serve the chat demo on http://127.0.0.1:8000 (stats at /_stabilizer/stats)
+## make demo: serve the chat demo on http://127.0.0.1:8000 (dashboard at /_stabilizer/)
 demo: $(STAMP)
 	$(BIN)/stabilizer-asgi serve examples.chat:app --host $(HOST) --port $(PORT)
 

@@ -36,6 +36,7 @@ BENCHMARKS = (
     "fanout",
     "heartbeat",
     "memory",
+    "scrape",
     "echo",
     "fanout_e2e",
     "scale",

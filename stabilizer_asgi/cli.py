@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -32,12 +33,15 @@ import logging.config
 import math
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.util import find_spec
 from types import FrameType, NoneType, UnionType
 from typing import Any
 
@@ -223,6 +227,8 @@ _FIELD_HELP = {
     "health_path": "health route ('none' disables it)",
     "drain_path": "drain route, POST only ('none' disables it)",
     "client_js_path": "browser client route ('none' disables it)",
+    "metrics_path": "Prometheus metrics route, needs stabilizer-asgi[metrics] ('none' disables it)",
+    "dashboard_path": "live dashboard page ('none' disables it)",
     "admin_token": "bearer token for the stats and drain routes (default: none, so drain is "
     "refused over HTTP and stats answer only direct loopback requests). Prefer the environment "
     "variable",
@@ -241,6 +247,8 @@ _FIELD_HELP = {
     "cluster_outbox_messages": "cluster mode: publications kept while Redis is unreachable",
     "cluster_outbox_bytes": "cluster mode: bytes kept while Redis is unreachable",
     "cluster_history": "cluster mode: publications kept per topic for nodes catching up",
+    "otel": "OpenTelemetry metrics and a span per connection, through the global providers "
+    "(needs stabilizer-asgi[otel])",
 }
 
 _SECRET_FIELDS = ("secret", "admin_token")
@@ -260,6 +268,8 @@ def _config_option(field: dataclasses.Field[Any], hint: Any) -> Option:
         choices = tuple(str(c) for c in typing.get_args(hint))
         parse: Callable[[str], Any] = _choice(choices)
         allowed = " or ".join(repr(c) for c in choices)
+    elif hint is bool:
+        parse, allowed = _switch, "true or false"
     elif hint is float:
         parse, allowed = _float, "a number"
     elif hint is int:
@@ -790,8 +800,9 @@ def serve(settings: ServeSettings, app: Any = None) -> int:
     original = multiprocess.Process
     multiprocess.Process = DrainingProcess  # type: ignore[misc]
     try:
-        sock = config.bind_socket()
-        multiprocess.Multiprocess(config, sockets=[sock]).run()
+        with metrics_directory():
+            sock = config.bind_socket()
+            multiprocess.Multiprocess(config, sockets=[sock]).run()
     finally:
         multiprocess.Process = original  # type: ignore[misc]
     return 0
@@ -808,6 +819,8 @@ def share_secret(settings: ServeSettings) -> None:
     if shared and config.get("backend", "memory") == "memory":
         config["secret"] = secrets.token_urlsafe(32)
         settings.sources["secret"] = GENERATED_SECRET
+    "otel": "OpenTelemetry metrics and a span per connection, through the global providers "
+    "(needs stabilizer-asgi[otel])",
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -61,6 +61,8 @@ class StabilizerConfig:
     health_path: str | None = "/_stabilizer/health"
     drain_path: str | None = "/_stabilizer/drain"
     client_js_path: str | None = "/_stabilizer/client.js"
+    metrics_path: str | None = "/_stabilizer/metrics"
+    dashboard_path: str | None = "/_stabilizer/"
     admin_token: str | None = field(default=None, repr=False)
     drain_period: float = 10.0
     retry_after: int = 5
@@ -75,6 +77,7 @@ class StabilizerConfig:
     cluster_outbox_messages: int = 10_000
     cluster_outbox_bytes: int = 16 * MIB
     cluster_history: int = 10_000
+    otel: bool = False
 
     def __post_init__(self) -> None:
         _choice("heartbeat", self.heartbeat, ("auto", "always", "off"))
@@ -121,7 +124,14 @@ class StabilizerConfig:
         _int("replay_buffer_messages", self.replay_buffer_messages, 0)
         _int("replay_buffer_bytes", self.replay_buffer_bytes, 0)
         _validate_secret(self.secret)
-        for name in ("stats_path", "health_path", "drain_path", "client_js_path"):
+        for name in (
+            "stats_path",
+            "health_path",
+            "drain_path",
+            "client_js_path",
+            "metrics_path",
+            "dashboard_path",
+        ):
             value = getattr(self, name)
             if value is not None and (
                 not isinstance(value, str) or not value.startswith("/") or "?" in value
@@ -140,6 +150,8 @@ class StabilizerConfig:
                 or inspect.iscoroutinefunction(getattr(hook, "__call__", None))  # noqa: B004
             ):
                 raise ConfigError(name, hook, "None or an async callable (session) -> None")
+        if not isinstance(self.otel, bool):
+            raise ConfigError("otel", self.otel, "True or False")
         url_backend = check_backend(self.backend)  # the check create_backend makes
         name = self.cluster_name
         if (

@@ -21,6 +21,7 @@ from .config import StabilizerConfig
 from .core import wire
 from .core.heartbeat import TimerWheel
 from .core.limits import ConnectionCounter
+from .core.metrics import History, Metrics, seconds
 from .core.registry import Registry
 from .core.replay import ReplayBuffer
 from .core.session import Session, SessionState
@@ -32,6 +33,7 @@ from .core.tokens import (
     spendable,
 )
 from .exceptions import (
+    ConfigError,
     InvalidTokenError,
     MemoryLimitExceededError,
     SessionNotFoundError,
@@ -97,12 +99,19 @@ class Stabilizer:
         self._total_memory = 0
         self._reg_seq = 0
         self._started = _monotonic()
-        self._rtts: deque[float] = deque(maxlen=2048)
+        self.metrics = Metrics()
+        self._prometheus: Any = None  # the metrics route's exporter, made on first use
+        self._otel: Any = None  # OpenTelemetry instrumentation (`otel.instrument`)
+        # Called by the housekeeper on each tick with the time (exporters that copy the
+        # metrics somewhere, e.g. prometheus_client's multiprocess files).
+        self._periodic: list[Callable[[float], None]] = [self._sample_history]
+        self.history = History()
+        # Kept for code that reads the counters table directly; the metrics core owns it.
+        self.counters = self.metrics.counters
         # Connections whose app took frames not yet acknowledged to the client: acknowledged at
         # the next housekeeping tick. At most one entry per live connection (left at close);
         # emptied every tick.
         self._ack_due: set[Connection] = set()
-        self.counters: dict[str, int] = {}
         # The server's own websocket message limit (uvicorn: `ws_max_size`), read from the
         # first connection's `receive` (see `_probe_server`); None while not known.
         self._server_probed = False
@@ -115,6 +124,12 @@ class Stabilizer:
             lost=self._lost,
             connections=lambda: self._limits.total,
         )
+        if cfg.otel:
+            try:
+                from .otel import instrument
+            except ImportError as exc:
+                raise ConfigError("otel", True, "False, or install stabilizer-asgi[otel]") from exc
+            instrument(self)
         keys, generated = normalize_secret(cfg.secret)
         self._signer = TokenSigner(keys)
         self._resumable = (
@@ -123,7 +138,7 @@ class Stabilizer:
         # The replay buffer of every opted-in session until its first frame: an idle session
         # allocates none of its own (see `ReplayBuffer`).
         self._idle_replay: ReplayBuffer[Any] | None = (
-            ReplayBuffer(cfg.replay_buffer_messages, cfg.replay_buffer_bytes)
+            ReplayBuffer(cfg.replay_buffer_messages, cfg.replay_buffer_bytes, self.metrics)
             if self._resumable
             else None
         )
@@ -198,7 +213,12 @@ class Stabilizer:
             return await self.cluster.request(
                 Command("send", session_id, payload=payload_of(frame))
             )
-        return offer_one(session, frame, escaped(frame), size, _monotonic()) == DELIVERED
+        if offer_one(session, frame, escaped(frame), size, _monotonic()) != DELIVERED:
+            return False
+        metrics = self.metrics
+        metrics.frames_out += 1
+        metrics.bytes_out += size
+        return True
 
     async def broadcast(
         self,
@@ -215,11 +235,14 @@ class Stabilizer:
             skip = frozenset((exclude,))
         else:
             skip = frozenset(exclude)
+        started = _monotonic()
         counts = self._deliver(frame, size, group, skip)
         cluster = self.cluster
         if cluster.others:
             cluster.publish(payload_of(frame), group, skip)
-        self._count("broadcasts")
+        metrics = self.metrics
+        metrics.count("broadcasts")
+        metrics.observe_broadcast(_monotonic() - started)
         return BroadcastResult(*counts)
 
     def _deliver_payload(self, payload: Payload, group: str | None, skip: frozenset[str]) -> None:
@@ -242,7 +265,13 @@ class Stabilizer:
             targets = list(self._registry.members(group).values())
         if skip:
             targets = [session for session in targets if session.id not in skip]
-        return deliver(targets, frame, size, self._spawn)
+        counts = deliver(targets, frame, size, self._spawn)
+        # Counted once per broadcast, not per recipient: frames handed to a transport (or held
+        # for a client's resume), as in the result.
+        metrics = self.metrics
+        metrics.frames_out += counts[1]
+        metrics.bytes_out += counts[1] * size
+        return counts
 
     async def join(self, session_id: str, group: str) -> bool:
         """Add a session to a group (created on first join); False if no node has the session.
@@ -475,7 +504,7 @@ class Stabilizer:
     # ------------------------------------------------------------------ stats
 
     def _count(self, name: str, n: int = 1) -> None:
-        self.counters[name] = self.counters.get(name, 0) + n
+        self.metrics.count(name, n)
 
     def _probe_server(self, receive: Any) -> None:
         """Read the server's websocket message limit off its `receive`, once per process.
@@ -506,7 +535,35 @@ class Stabilizer:
         }
 
     def _record_rtt(self, rtt: float) -> None:
-        self._rtts.append(rtt)
+        self.metrics.observe_rtt(rtt)
+
+    def _sample_history(self, now: float) -> None:
+        """Every `HISTORY_INTERVAL` seconds, remember the gauges and totals (for the dashboard)."""
+        history = self.history
+        if history.due(now):
+            m = self.metrics
+            registered = len(self._registry)
+            history.add(
+                (
+                    round(time.time(), 3),
+                    self._limits.total,
+                    registered - m.detached_sessions,
+                    m.detached_sessions,
+                    m.frames_in,
+                    m.frames_out,
+                )
+            )
+
+    def _set_state(self, session: Session, state: SessionState) -> None:
+        """Every state change of a registered session goes through here (the gauges follow)."""
+        before = session.state
+        if before is state:
+            return
+        if before is SessionState.DETACHED:
+            self.metrics.detached_sessions -= 1
+        elif state is SessionState.DETACHED:
+            self.metrics.detached_sessions += 1
+        session.state = state
 
     @property
     def memory(self) -> int:
@@ -514,49 +571,55 @@ class Stabilizer:
         return self._total_memory
 
     def stats(self) -> dict[str, Any]:
-        """Counters and gauges: the same document the stats route serves."""
-        by_state = {state.value: 0 for state in SessionState}
-        frames_in = frames_out = bytes_in = bytes_out = 0
-        for session in self._registry:
-            by_state[session.state.value] += 1
-            frames_in += session.frames_in
-            frames_out += session.frames_out
-            bytes_in += session.bytes_in
-            bytes_out += session.bytes_out
-        rtts = sorted(self._rtts)
+        """Counters and gauges: the same document the stats route serves.
 
-        def pct(p: float) -> float | None:
-            if not rtts:
-                return None
-            return rtts[min(len(rtts) - 1, int(p * len(rtts)))]
-
-        counters = dict(self.counters)
+        Read from the metrics core: no walk over sessions, so its cost does not grow with them.
+        """
+        metrics = self.metrics
+        counters = dict(metrics.counters)
+        registered = len(self._registry)
+        detached = metrics.detached_sessions
+        rtt = metrics.rtt_summary()
+        for name in ("pings", "heartbeat_timeouts", "broadcasts"):
+            counters.pop(name, None)
         return {
             "connections": self._limits.total,
-            "sessions": by_state,
+            "sessions": {"connected": registered - detached, "detached": detached, "closed": 0},
             "shards": self._registry.shard_counts(),
-            "groups": len(self._registry.group_counts()),
-            "frames": {"in": frames_in, "out": frames_out},
-            "bytes": {"in": bytes_in, "out": bytes_out},
+            "groups": self._registry.group_total(),
+            "frames": {"in": metrics.frames_in, "out": metrics.frames_out},
+            "bytes": {"in": metrics.bytes_in, "out": metrics.bytes_out},
             "heartbeat": {
                 "scheduled": len(self._wheel),
-                "pings": counters.pop("pings", 0),
-                "timeouts": counters.pop("heartbeat_timeouts", 0),
-                "rtt_p50": pct(0.5),
-                "rtt_p90": pct(0.9),
-                "rtt_p99": pct(0.99),
+                "pings": metrics.counters["pings"],
+                "timeouts": metrics.counters["heartbeat_timeouts"],
+                "rtt_p50": rtt["p50"],
+                "rtt_p90": rtt["p90"],
+                "rtt_p99": rtt["p99"],
+                "rtt": rtt,
             },
-            "rejections": {
-                k.removeprefix("rejected_"): v
-                for k, v in counters.items()
-                if k.startswith("rejected_")
+            "closes": dict(metrics.closes),
+            "rejections": metrics.prefixed("rejected_"),
+            "resumes": {
+                "resumed": metrics.counters["resumed"],
+                "failed": metrics.prefixed("resume_failed_"),
             },
-            "broadcasts": counters.pop("broadcasts", 0),
+            "broadcasts": metrics.counters["broadcasts"],
+            "broadcast_duration": {
+                "count": metrics.broadcast_duration.count,
+                "p50": seconds(metrics.broadcast_duration.quantile(0.5)),
+                "p99": seconds(metrics.broadcast_duration.quantile(0.99)),
+            },
+            "replay": {"frames": metrics.replay_frames},
             "memory": {"total": self._total_memory, "limit": self.config.max_total_memory},
             "limits": self._message_limits(),
             "draining": self._draining,
             "uptime": round(_monotonic() - self._started, 3),
-            "counters": {k: v for k, v in counters.items() if not k.startswith("rejected_")},
+            "counters": {
+                k: v
+                for k, v in counters.items()
+                if not k.startswith(("rejected_", "resume_failed_"))
+            },
             "config": self.config.public(),
             "cluster": self.cluster.stats(),
         }
@@ -665,6 +728,11 @@ class Stabilizer:
                     conn.send_ack()
             if self._detached:
                 self._sweep(now)
+            for periodic in self._periodic:
+                try:
+                    periodic(now)
+                except Exception:
+                    logger.exception("stabilizer periodic task failed")
             for conn in wheel.pop_due(now):
                 conn._hb_key = None
                 try:
@@ -811,7 +879,7 @@ class Stabilizer:
             session._seq = self._reg_seq
             self._registry.add(session)
         session._conn = conn
-        session.state = SessionState.CONNECTED
+        self._set_state(session, SessionState.CONNECTED)
         if conn._hb:
             conn._hb_key = self._wheel.schedule(conn, session._last_in + cfg.heartbeat_interval)
         if conn._proto == "control":
@@ -835,6 +903,8 @@ class Stabilizer:
             except Exception as exc:  # the client is already gone: its receive() says so next
                 conn._send_failed = True
                 conn._transport_failed(exc)
+        if self._otel is not None:
+            self._otel.opened(conn, resumed)
         if resumed:
             self._session_event(
                 _log.RESUMED,
@@ -864,6 +934,11 @@ class Stabilizer:
         """The app returned: the session ends, or stays resumable after an abnormal drop."""
         conn.finish()
         self._ack_due.discard(conn)  # a closed connection is held by nothing of ours
+        if conn._opened:
+            code = conn.close_code()
+            self.metrics.closed(code)
+            if self._otel is not None:
+                self._otel.closed(conn, code)
         session = conn.session
         self._connecting.pop(session.id, None)
         if session._conn is not conn:
@@ -911,7 +986,7 @@ class Stabilizer:
 
     def _enqueue_detached(self, session: Session) -> None:
         now = _monotonic()
-        session.state = SessionState.DETACHED
+        self._set_state(session, SessionState.DETACHED)
         session._detached_at = now
         self._detached.append((now + self.config.resume_window, session))
 
@@ -938,7 +1013,7 @@ class Stabilizer:
     def _end(self, session: Session, *, expired: bool = False) -> None:
         """The session is over: forget it, free its memory, log, run `on_disconnect`."""
         session._conn = None
-        session.state = SessionState.CLOSED
+        self._set_state(session, SessionState.CLOSED)
         groups = session.groups
         self._registry.remove(session)
         for group in groups:

@@ -71,6 +71,7 @@ class Connection:
     __slots__ = (
         "session",
         "_mgr",
+        "_metrics",
         "_receive",
         "_send",
         "_loop",
@@ -121,6 +122,7 @@ class Connection:
         cfg = manager.config
         self.session = session
         self._mgr = manager
+        self._metrics = manager.metrics  # the process totals, bumped per frame
         self._receive = receive
         self._send = _runtime.coroutine_send(send)
         # The running asyncio loop, None on trio. `current_task()` without it calls
@@ -284,6 +286,9 @@ class Connection:
                         session.rtt = now - session._ping_at
                     return None
             session.bytes_in += size
+            totals = self._metrics
+            totals.frames_in += 1
+            totals.bytes_in += size
             return message
         if kind == "websocket.disconnect":
             self._server_disconnect = message
@@ -407,6 +412,9 @@ class Connection:
             session = self.session
             session.frames_out += 1
             session.bytes_out += size
+            totals = self._metrics
+            totals.frames_out += 1
+            totals.bytes_out += size
             held = session._replay is not None and session._buffer_out(message, size)
         elif phase == OPEN and kind == "websocket.close":
             if self._closing is not None:
@@ -828,6 +836,22 @@ class Connection:
                 scope.cancel()
         if self._closing is None and not self._busy:
             self._release_queue()
+
+    def close_code(self) -> int | None:
+        """The close code this connection ended with, as its client saw it (None: no close
+        frame, an abnormal drop)."""
+        if self._closing is not None:
+            code = self._closing[0]
+            return None if code == 1006 else code
+        if self._app_closed:
+            return self.session.close_code
+        disconnect = self._server_disconnect
+        if disconnect is not None:
+            code = disconnect.get("code", 1005)
+            return code if isinstance(code, int) else 1005
+        if self._send_failed:
+            return None
+        return 1000  # the app returned without closing: the server closes normally
 
     @property
     def state(self) -> SessionState:

@@ -153,7 +153,8 @@ def warn_unprotected(manager: Stabilizer) -> None:
     """Log that admin routes are served without `admin_token` (called at lifespan startup,
     once logging is configured)."""
     cfg = manager.config
-    paths = [path for path in (cfg.stats_path, cfg.drain_path) if path is not None]
+    admin = (cfg.stats_path, cfg.metrics_path, cfg.dashboard_path, cfg.drain_path)
+    paths = [path for path in admin if path is not None]
     if cfg.admin_token is not None or not paths:
         return
     logger.warning(
@@ -193,6 +194,16 @@ async def _drain_body(receive: Receive) -> None:
         more = message.get("more_body", False)
 
 
+def stats_document(manager: Stabilizer, scope: Scope) -> dict[str, Any]:
+    """`manager.stats()`, plus the recent history with `?history=1` (the dashboard's first
+    poll)."""
+    body = manager.stats()
+    query = (scope.get("query_string") or b"").decode("latin-1")
+    if ("history", "1") in parse_qsl(query):
+        body["history"] = manager.history.export()
+    return body
+
+
 def build(manager: Stabilizer) -> dict[str, Handler]:
     cfg = manager.config
     table: dict[str, Handler] = {}
@@ -205,7 +216,9 @@ def build(manager: Stabilizer) -> dict[str, Handler]:
                 await _error(send, 405, "method not allowed", allow="GET, HEAD")
                 return
             if await admin_access(manager, scope, send):
-                await respond(send, 200, _json(manager.stats()), head=method == "HEAD")
+                await respond(
+                    send, 200, _json(stats_document(manager, scope)), head=method == "HEAD"
+                )
 
         table[cfg.stats_path] = stats
 
@@ -254,6 +267,12 @@ def build(manager: Stabilizer) -> dict[str, Handler]:
 
         table[cfg.drain_path] = drain
 
+    if cfg.metrics_path is not None:
+        table[cfg.metrics_path] = _metrics_route(manager)
+
+    if cfg.dashboard_path is not None:
+        table[cfg.dashboard_path] = _dashboard_route(manager)
+
     if cfg.client_js_path is not None:
         script = resources.files("stabilizer_asgi").joinpath("static/stabilizer-client.js")
 
@@ -278,3 +297,76 @@ def build(manager: Stabilizer) -> dict[str, Handler]:
 
         table[cfg.client_js_path] = client_js
     return table
+
+
+def _metrics_route(manager: Stabilizer) -> Handler:
+    """The Prometheus exposition; 501 when prometheus-client is not installed."""
+    try:
+        from ..prometheus import CONTENT_TYPE, PrometheusExporter
+    except ImportError:
+        exporter = None
+        content_type = b""
+    else:
+        exporter = getattr(manager, "_prometheus", None)
+        if exporter is None:
+            exporter = manager._prometheus = PrometheusExporter(manager)
+        content_type = CONTENT_TYPE.encode()
+
+    async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope.get("method", "GET")
+        if method not in ("GET", "HEAD"):
+            await _error(send, 405, "method not allowed", allow="GET, HEAD")
+            return
+        if not await admin_access(manager, scope, send):
+            return
+        if exporter is None:
+            await _error(send, 501, "install stabilizer-asgi[metrics] for the Prometheus metrics")
+            return
+        await respond(
+            send, 200, exporter.render(), content_type=content_type, head=method == "HEAD"
+        )
+
+    return metrics
+
+
+# The dashboard is one static file; it talks to nothing but the stats route of its own origin.
+_DASHBOARD_CSP = (
+    b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    b"connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+    b"frame-ancestors 'none'"
+)
+
+
+def _dashboard_route(manager: Stabilizer) -> Handler:
+    """The live dashboard page: static HTML and JS that polls the stats route."""
+    page = resources.files("stabilizer_asgi").joinpath("static/dashboard.html")
+    stats_path = manager.config.stats_path
+
+    async def dashboard(scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope.get("method", "GET")
+        if method not in ("GET", "HEAD"):
+            await _error(send, 405, "method not allowed", allow="GET, HEAD")
+            return
+        if not await admin_access(manager, scope, send):
+            return
+        if stats_path is None:
+            await _error(send, 404, "the dashboard needs stats_path")
+            return
+        url = (scope.get("root_path") or "") + stats_path
+        body = page.read_bytes().replace(
+            b"__STATS_URL__", json.dumps(url).replace("<", "\\u003c").encode()
+        )
+        await respond(
+            send,
+            200,
+            body,
+            content_type=b"text/html; charset=utf-8",
+            headers=[
+                (b"content-security-policy", _DASHBOARD_CSP),
+                (b"x-content-type-options", b"nosniff"),
+                (b"referrer-policy", b"no-referrer"),
+            ],
+            head=method == "HEAD",
+        )
+
+    return dashboard

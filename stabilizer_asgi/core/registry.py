@@ -114,5 +114,9 @@ class Registry:
     def group_counts(self) -> dict[str, int]:
         return {name: len(members) for name, members in self._groups.items()}
 
+    def group_total(self) -> int:
+        """How many groups have members."""
+        return len(self._groups)
+
     def shard_counts(self) -> list[int]:
         return [len(shard) for shard in self.shards]

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from collections import deque
 from itertools import islice
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..exceptions import ConfigError
 
 T = TypeVar("T")
+
+
+class Tally(Protocol):
+    """Where buffers add up what they hold (`core.metrics.Metrics` is one)."""
+
+    replay_frames: int
 
 
 class ReplayBuffer(Generic[T]):
@@ -39,9 +45,10 @@ class ReplayBuffer(Generic[T]):
         "_nbytes",
         "_overflowed",
         "_sent",
+        "_tally",
     )
 
-    def __init__(self, max_messages: int, max_bytes: int) -> None:
+    def __init__(self, max_messages: int, max_bytes: int, tally: Tally | None = None) -> None:
         if not isinstance(max_messages, int) or isinstance(max_messages, bool) or max_messages < 1:
             raise ConfigError("max_messages", max_messages, "an int >= 1")
         if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
@@ -55,6 +62,9 @@ class ReplayBuffer(Generic[T]):
         self._acked = 0
         self._nbytes = 0
         self._overflowed = 0
+        # Process-wide totals of what every buffer holds (`core.metrics.Metrics`), kept here
+        # so that reporting them needs no walk over sessions.
+        self._tally = tally
 
     @property
     def max_messages(self) -> int:
@@ -92,8 +102,8 @@ class ReplayBuffer(Generic[T]):
         return self._overflowed
 
     def empty_copy(self) -> ReplayBuffer[T]:
-        """A new, empty buffer with the same bounds."""
-        return ReplayBuffer(self._max_messages, self._max_bytes)
+        """A new, empty buffer with the same bounds (adding up into the same tally)."""
+        return ReplayBuffer(self._max_messages, self._max_bytes, self._tally)
 
     def __len__(self) -> int:
         return 0 if self._frames is None else len(self._frames) >> 1
@@ -113,6 +123,9 @@ class ReplayBuffer(Generic[T]):
         frames.append(size)
         self._sent += 1
         self._nbytes += size
+        tally = self._tally
+        if tally is not None:
+            tally.replay_frames += 1
         while len(frames) > 2 * self._max_messages or (
             self._nbytes > self._max_bytes and len(frames) > 2
         ):
@@ -120,6 +133,8 @@ class ReplayBuffer(Generic[T]):
             frames.popleft()
             self._nbytes -= frames.popleft()
             self._overflowed += 1
+            if tally is not None:
+                tally.replay_frames -= 1
         return self._sent
 
     def ack(self, n: int) -> None:
@@ -140,6 +155,9 @@ class ReplayBuffer(Generic[T]):
         for _ in range(drop):
             frames.popleft()
             self._nbytes -= frames.popleft()
+        tally = self._tally
+        if tally is not None:
+            tally.replay_frames -= drop
         if not frames:
             self._frames = None
 
@@ -169,5 +187,8 @@ class ReplayBuffer(Generic[T]):
 
     def clear(self) -> None:
         """Drop every frame held and free its memory; numbering continues from ``sent``."""
+        tally = self._tally
+        if tally is not None:
+            tally.replay_frames -= len(self)
         self._frames = None
         self._nbytes = 0

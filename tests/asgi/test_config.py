@@ -135,6 +135,8 @@ INVALID: list[tuple[str, Any]] = [
     ("health_path", "health"),
     ("drain_path", "drain"),
     ("client_js_path", "client.js"),
+    ("metrics_path", "metrics"),
+    ("dashboard_path", "/_stabilizer/?x=1"),
     ("admin_token", ""),
     ("admin_token", "   "),
     ("admin_token", 1234),
@@ -162,6 +164,8 @@ INVALID: list[tuple[str, Any]] = [
     ("cluster_outbox_messages", 0),
     ("cluster_outbox_bytes", 0),
     ("cluster_history", 0),
+    ("otel", "yes"),
+    ("otel", 1),
 ]
 
 

@@ -91,7 +91,7 @@ def test_max_connections_denies_with_503(limits_factory: Callable[..., Limits]) 
     assert denial.status_code == 503
     assert denial.headers["retry-after"] == "7"
     assert denial.json() == {"error": "capacity"}
-    assert on_loop(lim.client, lim.manager.stats)["rejections"] == {"capacity": 1}
+    assert on_loop(lim.client, lim.manager.stats)["rejections"]["capacity"] == 1
     assert registered(lim.client, lim.manager) == 2
     first.close()
     wait_until(lambda: on_loop(lim.client, lim.manager.stats)["connections"] == 1)
@@ -316,4 +316,4 @@ def test_a_crashing_app_frees_its_slot_and_session(
                 ws.send_text("crash now")
                 wait_until(lambda: registered(client, mw.manager) == 0)
         stats = on_loop(client, mw.manager.stats)
-    assert stats["connections"] == 0 and stats["rejections"] == {}
+    assert stats["connections"] == 0 and not any(stats["rejections"].values())

@@ -274,7 +274,7 @@ def test_duplicate_client_reject(harness_factory: Callable[..., Harness]) -> Non
     assert info.value.status_code == 409
     assert info.value.json() == {"error": "duplicate_client"}
     assert [s.id for s in h.call(h.manager.by_client, "dup")] == [first]
-    assert h.call(h.manager.stats)["rejections"] == {"duplicate_client": 1}
+    assert h.call(h.manager.stats)["rejections"]["duplicate_client"] == 1
     h.connect()  # no client id: never a duplicate
     ws.close()
     wait_until(lambda: h.call(h.manager.by_client, "dup") == [])

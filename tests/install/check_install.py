@@ -150,6 +150,7 @@ def build_wheel(out: Path, env: dict[str, str]) -> tuple[Path, str]:
     for needed in (
         "stabilizer_asgi/py.typed",
         "stabilizer_asgi/static/stabilizer-client.js",
+        "stabilizer_asgi/static/dashboard.html",
         f"stabilizer_asgi-{version}.dist-info/licenses/LICENSE",
     ):
         if needed not in names:

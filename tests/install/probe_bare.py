@@ -11,7 +11,12 @@ from typing import Any
 import stabilizer_asgi
 from stabilizer_asgi import StabilizerMiddleware
 
-NEEDS = {"stabilizer_asgi.client": "stabilizer-asgi[client]", "stabilizer_asgi.cli": "[server]"}
+NEEDS = {
+    "stabilizer_asgi.client": "stabilizer-asgi[client]",
+    "stabilizer_asgi.cli": "[server]",
+    "stabilizer_asgi.prometheus": "stabilizer-asgi[metrics]",
+    "stabilizer_asgi.otel": "stabilizer-asgi[otel]",
+}
 
 
 def modules() -> list[str]:

@@ -20,6 +20,8 @@ EXTRA_OF = {
     "stabilizer_asgi.client": "client",
     "stabilizer_asgi.cli": "server",
     "stabilizer_asgi.backends.redis": "redis",
+    "stabilizer_asgi.prometheus": "metrics",
+    "stabilizer_asgi.otel": "otel",
 }
 """Modules (and their submodules) that may import what an extra declares, besides the core."""
 

@@ -96,8 +96,9 @@ def test_stats_document_has_every_section(client_factory: ClientFactory) -> None
         "rtt_p50",
         "rtt_p90",
         "rtt_p99",
+        "rtt",
     }
-    assert stats["rejections"] == {"capacity": 1}
+    assert stats["rejections"] == {"capacity": 1, "per_ip": 0, "draining": 0, "duplicate_client": 0}
     assert stats["broadcasts"] == 0
     assert stats["memory"]["limit"] is None and stats["memory"]["total"] >= 0
     # TestClient is no uvicorn: the server's own message limit is not known
@@ -156,13 +157,13 @@ def test_drain_is_refused_over_http_without_admin_token(client_factory: ClientFa
 
 
 def test_admin_routes_without_token_log_a_startup_warning(client_factory: ClientFactory) -> None:
-    """Serving stats or drain without admin_token logs a WARNING sentence at startup; with a
-    token, or with both routes disabled, nothing."""
+    """Serving stats, metrics, the dashboard or drain without admin_token logs a WARNING
+    sentence at startup; with a token, or with every admin route disabled, nothing."""
     with captured_logs() as logs:
         for app in (
             stabilized(),
             stabilized(admin_token=TOKEN),
-            stabilized(stats_path=None, drain_path=None),
+            stabilized(stats_path=None, drain_path=None, metrics_path=None, dashboard_path=None),
         ):
             with client_factory(app) as client:
                 assert client.get(HEALTH).status_code == 200
@@ -170,7 +171,10 @@ def test_admin_routes_without_token_log_a_startup_warning(client_factory: Client
     assert len(records) == 1
     assert records[0].levelno == logging.WARNING
     message = records[0].getMessage()
-    assert message.startswith("Admin routes /_stabilizer/stats, /_stabilizer/drain are served")
+    assert message.startswith(
+        "Admin routes /_stabilizer/stats, /_stabilizer/metrics, /_stabilizer/, "
+        "/_stabilizer/drain are served"
+    )
     assert "admin_token" in message and message.endswith(".")
 
 
