@@ -819,8 +819,27 @@ def share_secret(settings: ServeSettings) -> None:
     if shared and config.get("backend", "memory") == "memory":
         config["secret"] = secrets.token_urlsafe(32)
         settings.sources["secret"] = GENERATED_SECRET
-    "otel": "OpenTelemetry metrics and a span per connection, through the global providers "
-    "(needs stabilizer-asgi[otel])",
+
+
+@contextlib.contextmanager
+def metrics_directory() -> Iterator[str | None]:
+    """A fresh PROMETHEUS_MULTIPROC_DIR for the workers' metrics, removed at exit.
+
+    With several workers each process counts its own connections; prometheus_client's
+    multiprocess mode adds them up through files in this directory. A directory the user set
+    is theirs (and must be emptied between runs); without prometheus-client there is nothing
+    to share.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") or find_spec("prometheus_client") is None:
+        yield None
+        return
+    path = tempfile.mkdtemp(prefix="stabilizer-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path  # inherited by the spawned workers
+    try:
+        yield path
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
