@@ -317,7 +317,7 @@ class Stabilizer:
             )
         if session._conn is None:
             return False
-        return bool(session._conn._abort(code, reason))
+        return bool(session._conn.abort(code, reason))
 
     # ------------------------------------------------------------------ cluster (called back)
 
@@ -346,7 +346,7 @@ class Stabilizer:
         """Close this node's connections of `client_id` (duplicate_client="replace")."""
         kicked = 0
         for old in self._registry.by_client(client_id):
-            if old._conn is not None and old._conn._abort(code, reason):
+            if old._conn is not None and old._conn.abort(code, reason):
                 kicked += 1
         return kicked
 
@@ -364,7 +364,7 @@ class Stabilizer:
                 replay = session._replay = replay.empty_copy()
             replay.lose()
             conn = session._conn
-            if conn is not None and conn._abort(1012, "cluster gap"):
+            if conn is not None and conn.abort(1012, "cluster gap"):
                 closed += 1
         self._count("cluster_gaps")
         _log.event(
@@ -393,17 +393,17 @@ class Stabilizer:
         self._draining = True
         conns = [s._conn for s in self._registry if s._conn is not None]
         _log.event(logger, _log.DRAIN_STARTED, connections=len(conns), period=period)
-        hinted = [c for c in conns if c._proto == "control"]
-        plain = [c for c in conns if c._proto != "control"]
+        hinted = [c for c in conns if c.proto == "control"]
+        plain = [c for c in conns if c.proto != "control"]
         # A connection that is already closing (or whose client leaves meanwhile) is not ours
         # to count; one we closed counts as closed once its app has unwound, else as failed.
         aborted: list[Connection] = []
         for conn in hinted:
             after_ms = int(random.uniform(0.0, period) * 1000)
-            conn._offer_control(
+            conn.offer_control(
                 wire.encode_control("reconnect", after_ms=after_ms, reason="draining")
             )
-            if conn._abort(1012, "server draining"):
+            if conn.abort(1012, "server draining"):
                 aborted.append(conn)
         if plain:
             moments = sorted(random.uniform(0.0, period) for _ in plain)
@@ -411,7 +411,7 @@ class Stabilizer:
                 delay = started + at - _monotonic()
                 if delay > 0:
                     await anyio.sleep(delay)
-                if conn._abort(1012, "server draining"):
+                if conn.abort(1012, "server draining"):
                     aborted.append(conn)
         await _unwound(aborted, DRAIN_GRACE)
         failed = sum(1 for c in aborted if c.session._conn is c)
@@ -432,7 +432,7 @@ class Stabilizer:
         started = _monotonic()
         self._draining = True
         conns = [s._conn for s in self._registry if s._conn is not None]
-        aborted = [conn for conn in conns if conn._abort(1012, "server shutdown")]
+        aborted = [conn for conn in conns if conn.abort(1012, "server shutdown")]
         await _unwound(conns, timeout)
         failed = sum(1 for c in aborted if c.session._conn is c)
         report = ShutdownReport(len(aborted) - failed, failed, round(_monotonic() - started, 3))
@@ -482,7 +482,7 @@ class Stabilizer:
     async def _check_foreign_token(self, conn: Connection, token: object) -> None:
         """A genuine token for a session this node does not hold: "invalid" if the cluster
         knows it was used already (single use across the cluster), else "unknown"."""
-        if conn._resume_reason != "unknown" or not self.cluster.others:
+        if conn.resume_reason != "unknown" or not self.cluster.others:
             return
         try:
             session_id, generation = self._signer.verify(token)
@@ -490,7 +490,7 @@ class Stabilizer:
             return
         current = await self.backend.store.generation(session_id)
         if current is not None and generation < current:
-            conn._resume_reason = "invalid"
+            conn.refuse_resume("invalid")
 
     def health(self) -> tuple[str, str | None]:
         """("ok" | "degraded" | "draining", why not ok): what the health route answers."""
@@ -534,7 +534,7 @@ class Stabilizer:
             "server_limit_above_ours": above,
         }
 
-    def _record_rtt(self, rtt: float) -> None:
+    def record_rtt(self, rtt: float) -> None:
         self.metrics.observe_rtt(rtt)
 
     def _sample_history(self, now: float) -> None:
@@ -734,14 +734,14 @@ class Stabilizer:
                 except Exception:
                     logger.exception("stabilizer periodic task failed")
             for conn in wheel.pop_due(now):
-                conn._hb_key = None
+                conn.heartbeat_slot = None
                 try:
                     next_at = conn.heartbeat(now)
                 except Exception as exc:  # pragma: no cover - defensive
                     self._log_error("heartbeat check failed", conn.session, exc)
                     continue
                 if next_at is not None:
-                    conn._hb_key = wheel.schedule(conn, next_at)
+                    conn.heartbeat_slot = wheel.schedule(conn, next_at)
 
     # ------------------------------------------------------------------ connection lifecycle
 
@@ -816,10 +816,10 @@ class Stabilizer:
         if old is not None:
             # The previous connection is still open here (half-open, or the client gave up on
             # it first): it is superseded, and whatever it read but its app never took moves on.
-            if old._phase == 0:  # CONNECTING: another resume of this session is in progress
+            if old.connecting:  # CONNECTING: another resume of this session is in progress
                 return None, 0, "invalid"
             self._detach(old)
-            old._abort(1000, "session resumed on another connection")
+            old.abort(1000, "session resumed on another connection")
         session._ack_out(ack)
         return session, generation, ""
 
@@ -841,12 +841,12 @@ class Stabilizer:
             raise _UnknownSession("session is closed")
         return session, generation
 
-    async def _accepted(self, conn: Connection) -> None:
+    async def accepted(self, conn: Connection) -> None:
         """The app accepted: register the session, start its heartbeat, greet an opted-in client."""
         session = conn.session
         cfg = self.config
         replay: list[Any] = []
-        resume_ack = conn._resume_ack
+        resume_ack = conn.resume_ack
         resumed = resume_ack is not None
         if resume_ack is not None:
             assert session._replay is not None
@@ -854,7 +854,7 @@ class Stabilizer:
             if frames is None:
                 # The backlog overflowed while the app was accepting: the client retries and
                 # gets a new session with reason "gap".
-                conn._abort(1013, "resume gap, reconnect")
+                conn.abort(1013, "resume gap, reconnect")
                 return
             replay = frames
             if self.cluster.others:
@@ -862,10 +862,10 @@ class Stabilizer:
                 self._spawn(
                     self.backend.store.claim_token,
                     session.id,
-                    conn._resume_generation,
+                    conn.resume_generation,
                     max(self.config.resume_window, 60.0),
                 )
-            session._generation = after_resume(session._generation, conn._resume_generation)
+            session._generation = after_resume(session._generation, conn.resume_generation)
             session._token_confirmed = False
             session._detached_at = None
             session.resumed = True
@@ -880,9 +880,10 @@ class Stabilizer:
             self._registry.add(session)
         session._conn = conn
         self._set_state(session, SessionState.CONNECTED)
-        if conn._hb:
-            conn._hb_key = self._wheel.schedule(conn, session._last_in + cfg.heartbeat_interval)
-        if conn._proto == "control":
+        if conn.has_heartbeat:
+            next_at = session._last_in + cfg.heartbeat_interval
+            conn.heartbeat_slot = self._wheel.schedule(conn, next_at)
+        if conn.proto == "control":
             carried = len(session._carry) if session._carry else 0
             hello = wire.encode_control(
                 "hello",
@@ -892,17 +893,10 @@ class Stabilizer:
                 interval=cfg.heartbeat_interval,
                 timeout=cfg.heartbeat_timeout,
                 resumed=resumed,
-                reason=None if resumed else conn._resume_reason,
+                reason=None if resumed else conn.resume_reason,
                 ack=session.frames_in + carried,
             )
-            send = conn._send
-            try:
-                await send({"type": "websocket.send", "text": hello})
-                for frame in replay:
-                    await send(frame)
-            except Exception as exc:  # the client is already gone: its receive() says so next
-                conn._send_failed = True
-                conn._transport_failed(exc)
+            await conn.greet(hello, replay)
         if self._otel is not None:
             self._otel.opened(conn, resumed)
         if resumed:
@@ -923,18 +917,23 @@ class Stabilizer:
         )
         self._hook("on_connect", session)
 
-    def _bind(self, conn: Connection, resume: tuple[int, int] | None, reason: str | None) -> None:
+    def _bind(
+        self,
+        conn: Connection,
+        resume: tuple[int, int] | None,
+        reason: str | None,
+        token: str | None = None,
+    ) -> None:
         """Attach a new connection to the session `_open_session` chose for it."""
-        conn._resume_reason = reason
+        conn.bind_resume(reason, resume, token)
         if resume is not None:
-            conn._resume_ack, conn._resume_generation = resume
             conn.session._conn = conn  # claimed: frames sent meanwhile wait for the replay
 
     def _ended(self, conn: Connection) -> None:
         """The app returned: the session ends, or stays resumable after an abnormal drop."""
         conn.finish()
         self._ack_due.discard(conn)  # a closed connection is held by nothing of ours
-        if conn._opened:
+        if conn.opened:
             code = conn.close_code()
             self.metrics.closed(code)
             if self._otel is not None:
@@ -943,20 +942,20 @@ class Stabilizer:
         self._connecting.pop(session.id, None)
         if session._conn is not conn:
             return  # never accepted, or superseded by a resume on another connection
-        if not conn._opened:
+        if not conn.opened:
             # A resume the app did not accept: the session stays detached, window restarted.
             session._conn = None
             self._enqueue_detached(session)
             return
         if session.close_code is None:
-            if conn._server_disconnect is not None:
-                session.close_code = conn._server_disconnect.get("code", 1005)
-                session.close_reason = conn._server_disconnect.get("reason") or ""
-            elif conn._send_failed:
+            if conn.server_disconnect is not None:
+                session.close_code = conn.server_disconnect.get("code", 1005)
+                session.close_reason = conn.server_disconnect.get("reason") or ""
+            elif conn.send_failed:
                 session.close_code = 1006
         if (
             session._replay is not None
-            and not conn._app_closed
+            and not conn.app_closed
             and session.close_code in DETACH_CODES
         ):
             self._detach(conn)
@@ -966,14 +965,11 @@ class Stabilizer:
     def _detach(self, conn: Connection) -> None:
         """Keep the session resumable for `resume_window`, with what its app had not read."""
         session = conn.session
-        inbox = conn._inbox
-        if inbox:
-            unread = [m for m in inbox if m.get("type") == "websocket.receive"]
-            if unread:
-                if session._carry is None:
-                    session._carry = deque()
-                session._carry.extend(unread)
-            inbox.clear()
+        unread = conn.take_unread()
+        if unread:
+            if session._carry is None:
+                session._carry = deque()
+            session._carry.extend(unread)
         session._conn = None
         self._enqueue_detached(session)
         self._count("detached")
@@ -1037,13 +1033,19 @@ class Stabilizer:
         )
         self._hook("on_disconnect", session)
 
-    def _ack_soon(self, conn: Connection) -> None:
+    # ------------------------------------------------------------------ ConnectionHost
+    # What a connection asks of its manager (`asgi/host.py`): callbacks, not user API.
+
+    def unschedule(self, conn: Connection, slot: int) -> None:
+        self._wheel.cancel(conn, slot)
+
+    def ack_soon(self, conn: Connection) -> None:
         self._ack_due.add(conn)
 
-    def _aborted(self, conn: Connection, code: int, reason: str) -> None:
+    def aborted(self, conn: Connection, code: int, reason: str) -> None:
         self._count(f"closed_{code}")
 
-    def _heartbeat_timeout(self, conn: Connection) -> None:
+    def heartbeat_timeout(self, conn: Connection) -> None:
         self._count("heartbeat_timeouts")
         session = conn.session
         self._session_event(
@@ -1055,7 +1057,7 @@ class Stabilizer:
         )
         self._hook("on_timeout", session)
 
-    def _slow_consumer(self, conn: Connection) -> None:
+    def slow_consumer(self, conn: Connection) -> None:
         session = conn.session
         self._session_event(
             _log.SLOW_CONSUMER,
@@ -1073,6 +1075,12 @@ class Stabilizer:
 
     def _log_error(self, what: str, session: Session, exc: BaseException) -> None:
         logger.warning("%s for session %s: %r", what, session.id, exc)
+
+    # The rest of `ConnectionHost`: the same functions under the seam's names, so a
+    # connection's call costs what it did (no wrapper per counted event or spawned task).
+    count_event = _count
+    spawn = _spawn
+    log_error = _log_error
 
     def _hook(self, name: str, session: Session) -> None:
         hook = getattr(self.config, name)
@@ -1135,7 +1143,7 @@ class Stabilizer:
             )
             conn = victim._conn
             if conn is not None:
-                conn._abort(1013, "memory limit")
+                conn.abort(1013, "memory limit")
             else:
                 self._end(victim)
 

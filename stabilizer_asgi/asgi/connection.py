@@ -20,7 +20,7 @@ import time
 import types
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from starlette.websockets import WebSocketDisconnect
@@ -31,9 +31,7 @@ from ..core.limits import TokenBucket
 from ..core.session import Session, SessionState
 from ..types import Message, Receive, Send
 from . import _runtime
-
-if TYPE_CHECKING:
-    from ..manager import Stabilizer
+from .host import ConnectionHost
 
 CONNECTING, OPEN, CLOSED, RESPONSE = 0, 1, 2, 3
 DELIVERED, DROPPED, FAILED = 0, 1, 2
@@ -49,12 +47,13 @@ _text_size = wire.text_size
 # through the methods below, and these fields are set only here (plus `FanOut.hand_off`, which
 # hands a suspended inline send to this connection's writer):
 # - `_busy`: one writer holds the transport (an app send, an inline manager send that
-#   suspended, `_flush`, or the greeting and replay in `_accepted`). Only the holder clears it
+#   suspended, `_flush`, or the accept, through the greeting and replay that the manager's
+#   `accepted` writes with `greet`). Only the holder clears it
 #   (`_end_turn`, `_flush`); while it is set every other frame waits in `_outq`, bounded by
 #   max_queue_messages / max_queue_bytes (over it: `slow_consumer`), and goes out in order.
 # - `_phase`: CONNECTING → OPEN (the app's accept) → CLOSED, or RESPONSE (a denial). Manager
 #   frames are written only while OPEN.
-# - `_closing`: set once, by `_abort` (a close of ours) or `_transport_failed`; from then on
+# - `_closing`: set once, by `abort` (a close of ours) or `_transport_failed`; from then on
 #   only the close frame is written, the app's sends raise `WebSocketDisconnect` and its
 #   `receive` returns the disconnect. A close that cannot be written within `close_timeout`
 #   aborts the transport.
@@ -63,6 +62,12 @@ _text_size = wire.text_size
 #   frames for a session without one are held for its resume (`offer_one`).
 # Delivery (`offer_one`, `deliver`, `fan_out`, at the end of this module) is the only code
 # outside the class that steps a connection's send, and it does so under these rules.
+# The seam with the manager, both ways public and nothing else: a connection calls only the
+# `ConnectionHost` methods (`asgi/host.py`; this module never imports the manager), and the
+# manager uses only the section "the manager's view" of the class (`abort`, `offer_control`,
+# `greet`, `take_unread`, `bind_resume`/`refuse_resume`, the `heartbeat_slot` it owns, and
+# read-only state) plus `session._conn`, which it alone sets. The greeting and replay go out
+# through `greet`, in the accept's turn, so no write bypasses `_busy`.
 
 
 class Connection:
@@ -111,7 +116,7 @@ class Connection:
 
     def __init__(
         self,
-        manager: Stabilizer,
+        manager: ConnectionHost,
         session: Session,
         receive: Receive,
         send: Send,
@@ -230,14 +235,14 @@ class Connection:
             elif session._unacked_in == 1:
                 # Otherwise acknowledge within a housekeeping tick, so what the client reports
                 # as unconfirmed after a resync is only what the app may really not have taken.
-                self._mgr._ack_soon(self)
+                self._mgr.ack_soon(self)
 
     def send_ack(self) -> None:
         """Tell the client how many of its data frames the app has taken (if any are new)."""
         session = self.session
         if session._unacked_in and session._conn is self:
             session._unacked_in = session._unacked_in_bytes = 0
-            self._offer_control(wire.encode_control("ack", n=session.frames_in))
+            self.offer_control(wire.encode_control("ack", n=session.frames_in))
 
     def _take_carried(self) -> Message:
         """A frame read off the session's previous connection that its app never took."""
@@ -267,11 +272,11 @@ class Connection:
                 data = message.get("bytes")
                 size = len(data) if data is not None else 0
             if self._max_size is not None and size > self._max_size and not self._exempt(text):
-                self._abort(1009, "message too big")
+                self.abort(1009, "message too big")
                 return self._closed_message()
             bucket = self._bucket
             if bucket is not None and not bucket.take(now):
-                self._abort(1008, "rate limit exceeded")
+                self.abort(1008, "rate limit exceeded")
                 return self._closed_message()
             if text is not None:
                 proto = self._proto
@@ -319,7 +324,7 @@ class Connection:
             return
         frame = wire.decode_control(text, wire.FROM_CLIENT)
         if frame is None:
-            self._mgr._count("invalid_control_frames")
+            self._mgr.count_event("invalid_control_frames")
             return
         session = self.session
         n = frame.get("n")
@@ -329,14 +334,14 @@ class Connection:
         if kind == "pong":
             self._pong(frame["ts"], now)
         elif kind == "ping":
-            self._offer_control(wire.encode_control("pong", ts=frame["ts"], n=session.frames_in))
+            self.offer_control(wire.encode_control("pong", ts=frame["ts"], n=session.frames_in))
 
     def _pong(self, ts: object, now: float) -> None:
         """The answer to our ping: its round-trip time, if it echoes the latest ping's `ts`."""
         session = self.session
         if session._ping_ts is not None and ts == session._ping_ts:
             session.rtt = now - session._ping_ts / 1e6
-            self._mgr._record_rtt(session.rtt)
+            self._mgr.record_rtt(session.rtt)
 
     async def _receive_buffered(self) -> Message:
         """Receive while a reader task owns the socket: take from the bounded read-ahead."""
@@ -360,7 +365,7 @@ class Connection:
     def _start_reader(self) -> None:
         if self._inbox is None and self._phase == OPEN:
             self._inbox = deque()
-            self._mgr._spawn(self._reader)
+            self._mgr.spawn(self._reader)
 
     async def _reader(self) -> None:
         inbox = self._inbox
@@ -384,7 +389,7 @@ class Connection:
                     if message.get("type") == "websocket.disconnect":
                         break
             except Exception as exc:  # the server's receive failed: the app must unwind
-                self._mgr._log_error("reader failed", self.session, exc)
+                self._mgr.log_error("reader failed", self.session, exc)
                 inbox.append({"type": "websocket.disconnect", "code": 1006, "reason": ""})
                 ready = self._inbox_ready
                 if ready is not None:
@@ -469,7 +474,7 @@ class Connection:
                 # Nothing else may reach the socket before the greeting (and any replay).
                 self._busy = True
                 try:
-                    await self._mgr._accepted(self)
+                    await self._mgr.accepted(self)
                 finally:
                     self._end_turn()
                 return
@@ -517,7 +522,7 @@ class Connection:
             raise WebSocketDisconnect(*self._closing)
 
     async def _send_scoped(self, message: Message) -> None:
-        """Send one app frame on trio, in a cancel scope `_abort` can cancel."""
+        """Send one app frame on trio, in a cancel scope `abort` can cancel."""
         self._busy = True
         try:
             with anyio.CancelScope() as scope:
@@ -536,7 +541,7 @@ class Connection:
     def _end_turn(self) -> None:
         """An app send finished: hand the transport to the backlog, if any."""
         if self._outq:
-            self._mgr._spawn(self._flush)
+            self._mgr.spawn(self._flush)
         else:
             self._set_idle()
 
@@ -575,7 +580,7 @@ class Connection:
             return frame, False
         return escaped, session._replay is not None and session._buffer_out(escaped, size)
 
-    def _offer_control(self, text: str) -> int:
+    def offer_control(self, text: str) -> int:
         if self._phase != OPEN or self._closing is not None:
             return FAILED
         return self._offer({"type": "websocket.send", "text": text}, len(text))
@@ -587,7 +592,7 @@ class Connection:
             return self._enqueue(frame, size)
         self._busy = True
         if self._loop is None:
-            self._mgr._spawn(self._write, frame)
+            self._mgr.spawn(self._write, frame)
             return DELIVERED
         coro = self._send(frame)
         try:
@@ -599,7 +604,7 @@ class Connection:
             self._busy = False
             self._transport_failed(exc)
             return FAILED
-        self._mgr._spawn(self._write_rest, coro, first)
+        self._mgr.spawn(self._write_rest, coro, first)
         return DELIVERED
 
     def _enqueue(self, frame: Message, size: int) -> int:
@@ -620,10 +625,10 @@ class Connection:
 
     def _slow_consumer(self) -> int:
         self.session.dropped += 1
-        self._mgr._count("slow_consumer_drops")
+        self._mgr.count_event("slow_consumer_drops")
         if self._mgr.config.slow_consumer == "close":
-            self._mgr._slow_consumer(self)
-            self._abort(1008, "slow consumer")
+            self._mgr.slow_consumer(self)
+            self.abort(1008, "slow consumer")
             return FAILED
         return DROPPED
 
@@ -689,7 +694,7 @@ class Connection:
         """The server's `send` raised (the client is gone): stop writing to this connection."""
         if self._closing is None:
             self._closing = (1006, "")
-            self._mgr._count("send_failures")
+            self._mgr.count_event("send_failures")
         for entry in self._outq or ():
             if entry[2] is not None:
                 entry[2].set()
@@ -700,7 +705,7 @@ class Connection:
         code, reason = self._closing or (1006, "")
         return {"type": "websocket.disconnect", "code": code, "reason": reason}
 
-    def _abort(self, code: int, reason: str) -> bool:
+    def abort(self, code: int, reason: str) -> bool:
         """Close from the middleware: the app's receive returns `websocket.disconnect` with
         `code`, its sends raise `WebSocketDisconnect(code)`, and the client gets the close."""
         if self._closing is not None or self._phase not in (OPEN, CONNECTING):
@@ -710,7 +715,7 @@ class Connection:
         session = self.session
         session.close_code = code
         session.close_reason = reason
-        self._mgr._aborted(self, code, reason)
+        self._mgr.aborted(self, code, reason)
         ready = self._inbox_ready
         if ready is not None:
             self._inbox_ready = None
@@ -735,7 +740,7 @@ class Connection:
             else:
                 self._offer(close, 0)
             if self._busy:  # the close waits for the transport: it gets close_timeout
-                self._mgr._spawn(self._close_watch)
+                self._mgr.spawn(self._close_watch)
         return True
 
     async def _close_watch(self) -> None:
@@ -778,13 +783,13 @@ class Connection:
         self._forced = True
         if self._closing is None:
             self._closing = (1006, "")
-        self._mgr._count("transport_aborts")
+        self._mgr.count_event("transport_aborts")
         transport = _runtime.transport_of(self._send)
         if transport is not None:
             try:
                 _runtime.abort_transport(transport)
             except Exception as exc:  # pragma: no cover - defensive
-                self._mgr._log_error("transport abort failed", self.session, exc)
+                self._mgr.log_error("transport abort failed", self.session, exc)
         for scope in (self._writer_scope, self._send_scope):
             if scope is not None:
                 scope.cancel()
@@ -809,17 +814,17 @@ class Connection:
         if action is Action.PING:
             if self._inbox is None and self._recv_task is None and self._recv_scope is None:
                 self._start_reader()
-            mgr._count("pings")
+            mgr.count_event("pings")
             if self._proto == "control":
                 # The ping's `ts`: this clock in whole microseconds (an int formats faster),
                 # read now (`now` is the housekeeper's tick) so the RTT is the network's.
                 session._ping_ts = ts = int(_monotonic() * 1e6)
-                self._offer_control(wire.encode_ping(ts, session.frames_in))
+                self.offer_control(wire.encode_ping(ts, session.frames_in))
             else:
-                self._offer_control(cfg.ping_text)
+                self.offer_control(cfg.ping_text)
         elif action is Action.DEAD:
-            mgr._heartbeat_timeout(self)
-            self._abort(1011, "heartbeat timeout")
+            mgr.heartbeat_timeout(self)
+            self.abort(1011, "heartbeat timeout")
             return None
         return next_at
 
@@ -828,7 +833,7 @@ class Connection:
         key = self._hb_key
         if key is not None:
             self._hb_key = None
-            self._mgr._wheel.cancel(self, key)
+            self._mgr.unschedule(self, key)
         if self._phase == OPEN:
             self._phase = CLOSED
         for scope in (self._reader_scope,):
@@ -856,6 +861,112 @@ class Connection:
     @property
     def state(self) -> SessionState:
         return self.session.state
+
+    # ------------------------------------------------------------------ the manager's view
+    # What the manager may read or set on a connection (it touches nothing else of it).
+
+    @property
+    def proto(self) -> str | None:
+        """ "control" (opted in to wire protocol v1), "text" (plain ping/pong) or None."""
+        return self._proto
+
+    @property
+    def has_heartbeat(self) -> bool:
+        """Whether the housekeeper pings this connection."""
+        return self._hb
+
+    @property
+    def connecting(self) -> bool:
+        """The app has not accepted (nor denied) yet."""
+        return self._phase == CONNECTING
+
+    @property
+    def heartbeat_slot(self) -> int | None:
+        """Its handle in the manager's heartbeat wheel (None: not scheduled). Set only by
+        the manager, which owns the wheel; `finish` takes it out."""
+        return self._hb_key
+
+    @heartbeat_slot.setter
+    def heartbeat_slot(self, slot: int | None) -> None:
+        self._hb_key = slot
+
+    @property
+    def opened(self) -> bool:
+        """The app accepted this connection."""
+        return self._opened
+
+    @property
+    def app_closed(self) -> bool:
+        """The app closed this connection itself (the session ends, it is not resumable)."""
+        return self._app_closed
+
+    @property
+    def send_failed(self) -> bool:
+        """A write to the transport failed (the client is gone: close code 1006)."""
+        return self._send_failed
+
+    @property
+    def server_disconnect(self) -> Message | None:
+        """The server's `websocket.disconnect` message, once received."""
+        return self._server_disconnect
+
+    @property
+    def resume_ack(self) -> int | None:
+        """The client's `stabilizer_ack` when this connection resumes a session, else None."""
+        return self._resume_ack
+
+    @property
+    def resume_generation(self) -> int:
+        """The generation of the token this connection resumed with."""
+        return self._resume_generation
+
+    @property
+    def resume_reason(self) -> str | None:
+        """Why a requested resume was refused ("invalid", "gap", "unknown", ...), else None."""
+        return self._resume_reason
+
+    @property
+    def resume_token(self) -> str | None:
+        """The token of a resume this node could not place (kept for the cluster check)."""
+        return self._resume_token
+
+    def bind_resume(
+        self, reason: str | None, resume: tuple[int, int] | None, token: str | None = None
+    ) -> None:
+        """Record the outcome of the resume request: `resume` is (ack, generation) when this
+        connection resumes its session, `reason` why not otherwise, `token` the presented
+        token when no node here knew it."""
+        self._resume_reason = reason
+        if resume is not None:
+            self._resume_ack, self._resume_generation = resume
+        self._resume_token = token
+
+    def refuse_resume(self, reason: str) -> None:
+        """Change why the resume was refused (the cluster found the token already used)."""
+        self._resume_reason = reason
+
+    def take_unread(self) -> list[Message]:
+        """Empty the read-ahead buffer: the data frames the reader took in that the app never
+        read (a detach carries them to the session's next connection)."""
+        inbox = self._inbox
+        if not inbox:
+            return []
+        unread = [m for m in inbox if m.get("type") == "websocket.receive"]
+        inbox.clear()
+        return unread
+
+    async def greet(self, hello: str, replay: list[Message]) -> None:
+        """Write the `hello` and the replayed frames in the accept's turn on the transport
+        (`_send_outside_open` holds `_busy` around the manager's `accepted`). A failed write
+        marks the transport failed; the app's next `receive` reports the disconnect."""
+        send = self._send
+        try:
+            await send({"type": "websocket.send", "text": hello})
+            for frame in replay:
+                await send(frame)
+        except Exception as exc:  # the client is already gone: its receive() says so next
+            self._send_failed = True
+            self._transport_failed(exc)
 
 
 _FLUSH_POLL = 0.02

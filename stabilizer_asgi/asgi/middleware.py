@@ -151,7 +151,7 @@ class StabilizerMiddleware:
                     return 409, "duplicate_client"
                 for old in existing:
                     if old._conn is not None:
-                        old._conn._abort(1000, "replaced")
+                        old._conn.abort(1000, "replaced")
             control = opt_in.opted_in
             mode = cfg.heartbeat
             heartbeat = mode == "always" or (mode == "auto" and control)
@@ -160,9 +160,8 @@ class StabilizerMiddleware:
                 manager._probe_server(receive)
             session, resume, resume_reason = manager._open_session(opt_in, client_id, remote)
             conn = Connection(manager, session, receive, send, control=control, heartbeat=heartbeat)
-            manager._bind(conn, resume, resume_reason)
-            if resume_reason == "unknown":
-                conn._resume_token = opt_in.resume_token
+            token = opt_in.resume_token if resume_reason == "unknown" else None
+            manager._bind(conn, resume, resume_reason, token)
         except BaseException:
             manager._release(ip)
             raise
@@ -180,8 +179,8 @@ class StabilizerMiddleware:
     ) -> bool:
         """The cluster-wide part of the handshake; False (slot released) to refuse it."""
         manager = self.manager
-        if conn._resume_reason == "unknown":
-            await manager._check_foreign_token(conn, conn._resume_token)
+        if conn.resume_reason == "unknown":
+            await manager._check_foreign_token(conn, conn.resume_token)
         if await manager._claim_client(conn.session):
             return True
         manager._connecting.pop(conn.session.id, None)
