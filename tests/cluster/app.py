@@ -9,6 +9,7 @@ own routes or background jobs would.
 from __future__ import annotations
 
 import os
+import time
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,6 +31,13 @@ async def ws(websocket: WebSocket) -> None:
             await websocket.receive_text()
     except WebSocketDisconnect:
         pass
+
+
+async def stall(request: Request) -> JSONResponse:
+    """Block this worker's event loop for `?seconds=` (tests: while it cannot accept, the
+    kernel hands new connections to the other worker)."""
+    time.sleep(float(request.query_params.get("seconds", "0.3")))  # noqa: ASYNC251 - on purpose
+    return JSONResponse({"stalled": True})
 
 
 def _manager(request: Request) -> Stabilizer:
@@ -74,6 +82,7 @@ app = StabilizerMiddleware(
             Route("/close", close, methods=["POST"]),
             Route("/join", join, methods=["POST"]),
             Route("/leave", leave, methods=["POST"]),
+            Route("/stall", stall),
         ]
     ),
     backend=os.environ.get("STABILIZER_TEST_BACKEND", "memory"),

@@ -101,13 +101,17 @@ async def test_workers_on_redis_reach_every_client(
     await await_until(lambda: len(cluster_view()["nodes"]) == 2, timeout=WAIT * 4, what="two nodes")
     async with anyio.create_task_group() as tg:
         # Until the kernel has handed connections to both workers (it picks, not us; a worker
-        # that has just accepted is often picked again, so pause between handshakes).
+        # that has just accepted is often picked again). Each round stalls whichever worker
+        # answers `/stall`, so the handshakes made meanwhile go to the other one.
         clients: list[Client] = []
         while len(clients) < 100:
-            for _ in range(4):
-                clients.append(Client(sidecar.url("/ws")))
-                await tg.start(clients[-1].run)
-                await anyio.sleep(0.05)
+            async with httpx.AsyncClient(timeout=WAIT) as http, anyio.create_task_group() as rnd:
+                rnd.start_soon(http.get, sidecar.http("/stall?seconds=0.4"))
+                await anyio.sleep(0.1)
+                for _ in range(4):
+                    clients.append(Client(sidecar.url("/ws")))
+                    rnd.start_soon(tg.start, clients[-1].run)
+                    await anyio.sleep(0.02)
             await await_until(
                 lambda: cluster_view()["connections"] == len(clients), what="the connections"
             )
