@@ -19,12 +19,11 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
-import sys
-import threading
 import time
 from array import array
 from typing import Any
+
+from benchmarks._common import can_bind, run_loadgen, serve_loadgen_commands
 
 LATENCY_SAMPLE = 20_000  # latencies returned per instance per expect (a uniform sample)
 
@@ -135,7 +134,7 @@ class LoadGen:
         sem = asyncio.Semaphore(int(cmd.get("concurrency", 100)))
         timeout = float(cmd.get("timeout", 60))
         local = cmd.get("local_host")
-        extra: dict[str, Any] = {"local_addr": (local, 0)} if local and _can_bind(local) else {}
+        extra: dict[str, Any] = {"local_addr": (local, 0)} if local and can_bind(local) else {}
         opened = failed = 0
         errors: list[str] = []
         started = time.perf_counter()
@@ -269,61 +268,21 @@ class LoadGen:
 GROUP = "half"
 
 
-def _can_bind(host: str) -> bool:
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-    except OSError:
-        return False
-    return True
-
-
 async def serve() -> None:
-    loop = asyncio.get_running_loop()
-    lines: asyncio.Queue[str | None] = asyncio.Queue()
-
-    def read_stdin() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(lines.put_nowait, line)
-        loop.call_soon_threadsafe(lines.put_nowait, None)
-
-    threading.Thread(target=read_stdin, daemon=True).start()
     gen = LoadGen()
-    while True:
-        line = await lines.get()
-        if line is None:
-            break
-        if not line.strip():
-            continue
-        cmd = json.loads(line)
-        name = cmd.get("cmd")
-        if name == "exit":
-            gen.abort_all()
-            break
-        try:
-            if name == "open":
-                reply = await gen.open(cmd)
-            elif name == "expect":
-                reply = await gen.expect(cmd)
-            elif name == "status":
-                reply = gen.status()
-            elif name == "close":
-                reply = await gen.close(cmd)
-            else:
-                reply = {"error": f"unknown command {name!r}"}
-        except Exception as exc:
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
+    await serve_loadgen_commands(
+        {
+            "open": gen.open,
+            "expect": gen.expect,
+            "status": lambda cmd: gen.status(),
+            "close": gen.close,
+        },
+        gen.abort_all,
+    )
 
 
 def main() -> int:
-    from benchmarks._common import raise_nofile_limit, settle_allocator
-
-    raise_nofile_limit()
-    settle_allocator()
-    asyncio.run(serve())
-    return 0
+    return run_loadgen(serve)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as _dt
 import importlib.metadata
 import json
@@ -13,8 +14,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +326,71 @@ def raise_nofile_limit() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         soft = hard
     return soft
+
+
+# --- load-generator processes -------------------------------------------------------------
+
+LoadGenHandler = Callable[[dict[str, Any]], "dict[str, Any] | Awaitable[dict[str, Any]]"]
+
+
+def can_bind(host: str) -> bool:
+    """Whether this machine has ``host`` as a local address (a client can bind to it)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+    except OSError:
+        return False
+    return True
+
+
+async def serve_loadgen_commands(
+    handlers: Mapping[str, LoadGenHandler], abort_all: Callable[[], None]
+) -> None:
+    """A load generator's command loop: one JSON command a line on stdin, one JSON reply a line
+    on stdout. ``{"cmd": "exit"}`` calls ``abort_all`` and returns (the end of stdin returns); any
+    other name is looked up in ``handlers``, whose reply (or awaited reply) is written back; an
+    exception becomes ``{"error": …}``."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+        loop.call_soon_threadsafe(lines.put_nowait, None)
+
+    threading.Thread(target=read_stdin, daemon=True).start()
+    while True:
+        line = await lines.get()
+        if line is None:
+            break
+        if not line.strip():
+            continue
+        cmd = json.loads(line)
+        name = cmd.get("cmd")
+        if name == "exit":
+            abort_all()
+            break
+        reply: dict[str, Any]
+        try:
+            handler = handlers.get(name)
+            if handler is None:
+                reply = {"error": f"unknown command {name!r}"}
+            else:
+                answer = handler(cmd)
+                reply = answer if isinstance(answer, dict) else await answer
+        except Exception as exc:
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+def run_loadgen(serve: Callable[[], Coroutine[Any, Any, None]]) -> int:
+    """A load generator process's ``main``: raise the open-files limit, settle the allocator,
+    run ``serve`` on asyncio."""
+    raise_nofile_limit()
+    settle_allocator()
+    asyncio.run(serve())
+    return 0
 
 
 # --- CLI plumbing --------------------------------------------------------------------------

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import socket
 import sys
-import threading
 import time
 from typing import Any
 
 from benchmarks._apps import BROADCAST_PREFIX, ws_path
-from benchmarks._common import decode_control, pong_text, raise_nofile_limit, settle_allocator
+from benchmarks._common import (
+    can_bind,
+    decode_control,
+    pong_text,
+    run_loadgen,
+    serve_loadgen_commands,
+)
 
 RS = "\x1e"
 SEED_PING_PREFIX = '{"type":"ping"'
@@ -179,7 +182,7 @@ class LoadGen:
         sem = asyncio.Semaphore(int(cmd.get("concurrency", 100)))
         timeout = float(cmd.get("timeout", 60))
         local = cmd.get("local_host")
-        if local and not _can_bind(local):
+        if local and not can_bind(local):
             local = None
         extra: dict[str, Any] = {"local_addr": (local, 0)} if local else {}
         errors: list[str] = []
@@ -319,61 +322,22 @@ class LoadGen:
                 c.ws.transport.abort()
 
 
-def _can_bind(host: str) -> bool:
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-    except OSError:
-        return False
-    return True
-
-
 async def serve() -> None:
-    loop = asyncio.get_running_loop()
-    lines: asyncio.Queue[str | None] = asyncio.Queue()
-
-    def read_stdin() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(lines.put_nowait, line)
-        loop.call_soon_threadsafe(lines.put_nowait, None)
-
-    threading.Thread(target=read_stdin, daemon=True).start()
     gen = LoadGen()
-    while True:
-        line = await lines.get()
-        if line is None:
-            break
-        if not line.strip():
-            continue
-        cmd = json.loads(line)
-        name = cmd.get("cmd")
-        if name == "exit":
-            gen.abort_all()
-            break
-        try:
-            if name == "open":
-                reply = await gen.open(cmd)
-            elif name == "echo":
-                reply = await gen.echo(cmd)
-            elif name == "wait_broadcast":
-                reply = await gen.wait_broadcast(cmd)
-            elif name == "status":
-                reply = gen.status()
-            elif name == "close":
-                reply = await gen.close(cmd)
-            else:
-                reply = {"error": f"unknown command {name!r}"}
-        except Exception as exc:
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
+    await serve_loadgen_commands(
+        {
+            "open": gen.open,
+            "echo": gen.echo,
+            "wait_broadcast": gen.wait_broadcast,
+            "status": lambda cmd: gen.status(),
+            "close": gen.close,
+        },
+        gen.abort_all,
+    )
 
 
 def main() -> int:
-    raise_nofile_limit()
-    settle_allocator()
-    asyncio.run(serve())
-    return 0
+    return run_loadgen(serve)
 
 
 if __name__ == "__main__":
