@@ -149,6 +149,24 @@ async def admin_access(
     return True
 
 
+async def _get_or_head(scope: Scope, send: Send) -> str | None:
+    """The request's method when it is GET or HEAD; otherwise the 405 has been sent: None."""
+    method: str = scope.get("method", "GET")
+    if method in ("GET", "HEAD"):
+        return method
+    await _error(send, 405, "method not allowed", allow="GET, HEAD")
+    return None
+
+
+async def _admin_read(manager: Stabilizer, scope: Scope, send: Send) -> str | None:
+    """The method of a GET/HEAD that ``admin_access`` lets through; None once the 405, 401 or
+    403 has been sent."""
+    method = await _get_or_head(scope, send)
+    if method is None or not await admin_access(manager, scope, send):
+        return None
+    return method
+
+
 def warn_unprotected(manager: Stabilizer) -> None:
     """Log that admin routes are served without `admin_token` (called at lifespan startup,
     once logging is configured)."""
@@ -211,11 +229,8 @@ def build(manager: Stabilizer) -> dict[str, Handler]:
     if cfg.stats_path is not None:
 
         async def stats(scope: Scope, receive: Receive, send: Send) -> None:
-            method = scope.get("method", "GET")
-            if method not in ("GET", "HEAD"):
-                await _error(send, 405, "method not allowed", allow="GET, HEAD")
-                return
-            if await admin_access(manager, scope, send):
+            method = await _admin_read(manager, scope, send)
+            if method is not None:
                 await respond(
                     send, 200, _json(stats_document(manager, scope)), head=method == "HEAD"
                 )
@@ -227,9 +242,8 @@ def build(manager: Stabilizer) -> dict[str, Handler]:
         async def health(scope: Scope, receive: Receive, send: Send) -> None:
             # Public (load balancers, probes): it says whether to route here and nothing else —
             # no counts, versions or config an anonymous caller could learn from.
-            method = scope.get("method", "GET")
-            if method not in ("GET", "HEAD"):
-                await _error(send, 405, "method not allowed", allow="GET, HEAD")
+            method = await _get_or_head(scope, send)
+            if method is None:
                 return
             if manager.draining:
                 await respond(
@@ -277,9 +291,8 @@ def build(manager: Stabilizer) -> dict[str, Handler]:
         script = resources.files("stabilizer_asgi").joinpath("static/stabilizer-client.js")
 
         async def client_js(scope: Scope, receive: Receive, send: Send) -> None:
-            method = scope.get("method", "GET")
-            if method not in ("GET", "HEAD"):
-                await _error(send, 405, "method not allowed", allow="GET, HEAD")
+            method = await _get_or_head(scope, send)
+            if method is None:
                 return
             try:
                 body = script.read_bytes()
@@ -313,11 +326,8 @@ def _metrics_route(manager: Stabilizer) -> Handler:
         content_type = CONTENT_TYPE.encode()
 
     async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
-        method = scope.get("method", "GET")
-        if method not in ("GET", "HEAD"):
-            await _error(send, 405, "method not allowed", allow="GET, HEAD")
-            return
-        if not await admin_access(manager, scope, send):
+        method = await _admin_read(manager, scope, send)
+        if method is None:
             return
         if exporter is None:
             await _error(send, 501, "install stabilizer-asgi[metrics] for the Prometheus metrics")
@@ -343,11 +353,8 @@ def _dashboard_route(manager: Stabilizer) -> Handler:
     stats_path = manager.config.stats_path
 
     async def dashboard(scope: Scope, receive: Receive, send: Send) -> None:
-        method = scope.get("method", "GET")
-        if method not in ("GET", "HEAD"):
-            await _error(send, 405, "method not allowed", allow="GET, HEAD")
-            return
-        if not await admin_access(manager, scope, send):
+        method = await _admin_read(manager, scope, send)
+        if method is None:
             return
         if stats_path is None:
             await _error(send, 404, "the dashboard needs stats_path")
