@@ -541,26 +541,16 @@ def _check_added_middleware(app: object, target: str) -> None:
     Starlette builds its middleware at the first event, where a ConfigError can only fail the
     lifespan startup (status 3); checked here, it is a usage error like any bad option.
     """
-    seen: set[int] = set()
-    obj: object = app
-    while obj is not None and id(obj) not in seen and len(seen) < 64:
-        seen.add(id(obj))
-        for middleware in getattr(obj, "user_middleware", None) or ():
-            cls = getattr(middleware, "cls", None)
-            if not (isinstance(cls, type) and issubclass(cls, StabilizerMiddleware)):
-                continue
-            args = tuple(getattr(middleware, "args", ()))
-            kwargs = dict(getattr(middleware, "kwargs", {}))
-            if "manager" in kwargs:
-                continue
-            config = args[0] if args else kwargs.pop("config", None)
-            try:
-                StabilizerConfig.from_kwargs(config, **kwargs)
-            except ConfigError as exc:
-                raise UsageError(
-                    "MODULE:APP", f"{target} adds StabilizerMiddleware: {exc}"
-                ) from None
-        obj = getattr(obj, "app", None)
+    for middleware in _declared(app):
+        args = tuple(getattr(middleware, "args", ()))
+        kwargs = dict(getattr(middleware, "kwargs", {}))
+        if "manager" in kwargs:
+            continue
+        config = args[0] if args else kwargs.pop("config", None)
+        try:
+            StabilizerConfig.from_kwargs(config, **kwargs)
+        except ConfigError as exc:
+            raise UsageError("MODULE:APP", f"{target} adds StabilizerMiddleware: {exc}") from None
 
 
 def _import(target: str, what: str) -> Any:
