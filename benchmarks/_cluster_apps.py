@@ -44,7 +44,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from benchmarks._common import raise_nofile_limit, settle_allocator
+from benchmarks._common import run_uvicorn
 
 APPS = ("raw", "ours", "socketio", "broadcaster")
 GROUP = "half"
@@ -311,21 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis", required=True)
     args = parser.parse_args(argv)
 
-    import uvicorn
-
-    raise_nofile_limit()
-    settle_allocator()
-    config = uvicorn.Config(
-        BUILDERS[args.app](args.redis),
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        backlog=4096,
-    )
-    uvicorn.Server(config).run()
-    return 0
+    return run_uvicorn(lambda: BUILDERS[args.app](args.redis), args.host, args.port)
 
 
 if __name__ == "__main__":

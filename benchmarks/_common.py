@@ -393,6 +393,26 @@ def run_loadgen(serve: Callable[[], Coroutine[Any, Any, None]]) -> int:
     return 0
 
 
+def run_uvicorn(make_app: Callable[[], Any], host: str, port: int) -> int:
+    """A benchmark server process's ``main``: raise the open-files limit, settle the allocator,
+    build the app and serve it with uvicorn's defaults, logging only warnings."""
+    import uvicorn
+
+    raise_nofile_limit()
+    settle_allocator()
+    config = uvicorn.Config(
+        make_app(),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        backlog=4096,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
 # --- CLI plumbing --------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ import argparse
 import json
 
 from benchmarks._apps import APPS, Hub, build_app
-from benchmarks._common import raise_nofile_limit, settle_allocator
+from benchmarks._common import run_uvicorn
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,28 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours-options", type=json.loads, default=None)
     args = parser.parse_args(argv)
 
-    import uvicorn
-
-    raise_nofile_limit()
-    settle_allocator()
-    app = build_app(
-        args.app,
-        Hub(),
-        heartbeat_interval=args.heartbeat_interval,
-        heartbeat_timeout=args.heartbeat_timeout,
-        ours_options=args.ours_options,
+    return run_uvicorn(
+        lambda: build_app(
+            args.app,
+            Hub(),
+            heartbeat_interval=args.heartbeat_interval,
+            heartbeat_timeout=args.heartbeat_timeout,
+            ours_options=args.ours_options,
+        ),
+        args.host,
+        args.port,
     )
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        backlog=4096,
-    )
-    uvicorn.Server(config).run()
-    return 0
 
 
 if __name__ == "__main__":
