@@ -16,6 +16,14 @@ from stabilizer_asgi.compat import WebSocketConnectionManager, WebSocketStabiliz
 from tests.asgi.support import Recorder, on_loop, wait_until  # noqa: F401 - re-exported
 
 
+async def connect_with_meta(manager: Any, client_id: str, websocket: WebSocket) -> None:
+    """`manager.connect(client_id, websocket)`, with `?meta=<n>` passing n bytes of metadata."""
+    meta = websocket.query_params.get("meta")
+    await manager.connect(
+        client_id, websocket, metadata={"blob": "x" * int(meta)} if meta else None
+    )
+
+
 def seed_app(
     manager: WebSocketConnectionManager, rec: Recorder, *, middleware: bool = False
 ) -> Any:
@@ -33,11 +41,8 @@ def seed_app(
     async def endpoint(websocket: WebSocket) -> None:
         client_id = websocket.path_params["client_id"]
         await websocket.accept()
-        meta = websocket.query_params.get("meta")
         try:
-            await manager.connect(
-                client_id, websocket, metadata={"blob": "x" * int(meta)} if meta else None
-            )
+            await connect_with_meta(manager, client_id, websocket)
         except WebSocketStabilizerError as exc:
             rec.add("refused", client_id, type(exc).__name__)
             await websocket.close(code=4000, reason=type(exc).__name__)

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stabilizer_asgi import compat
 
-from .support import wait_until
+from .support import connect_with_meta, wait_until
 
 Outcome = tuple[str, Any]
 
@@ -31,11 +31,8 @@ def diff_app(manager: Any) -> Starlette:
     async def endpoint(websocket: WebSocket) -> None:
         client_id = websocket.path_params["client_id"]
         await websocket.accept()
-        meta = websocket.query_params.get("meta")
         try:
-            await manager.connect(
-                client_id, websocket, metadata={"blob": "x" * int(meta)} if meta else None
-            )
+            await connect_with_meta(manager, client_id, websocket)
         except Exception as exc:
             await websocket.close(code=4000, reason=type(exc).__name__)
             return
