@@ -18,7 +18,7 @@ from starlette.testclient import TestClient, WebSocketDenialResponse
 
 from stabilizer_asgi import ConfigError, StabilizerConfig
 from stabilizer_asgi.otel import SPAN_NAME, instrument
-from tests.ops.support import LOOPBACK, RS, control, stabilized, wait_until
+from tests.ops.support import LOOPBACK, answer_first_ping, control, stabilized, wait_until
 
 ClientFactory = Callable[..., TestClient]
 
@@ -88,10 +88,7 @@ def test_rtt_histogram_is_recorded(client_factory: ClientFactory, telemetry: Tel
     instrument(app.manager, meter_provider=telemetry.meters, tracer_provider=telemetry.tracers)
     client = client_factory(app, client=LOOPBACK)
     with client, client.websocket_connect("/echo?stabilizer=1") as ws:
-        control(ws.receive_text())  # hello
-        ping = control(ws.receive_text())
-        assert ping is not None and ping["t"] == "ping"
-        ws.send_text(RS + '{"t":"pong","ts":' + str(ping["ts"]) + ',"n":0}')
+        answer_first_ping(ws)
         wait_until(lambda: app.manager.metrics.rtt.count == 1)
     [point] = telemetry.points()["stabilizer.heartbeat.rtt"]
     assert point.count == 1 and 0 < point.sum < 2.0

@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from stabilizer_asgi.core.metrics import History
 from stabilizer_asgi.core.registry import Registry
-from tests.ops.support import LOOPBACK, RS, control, stabilized, wait_until
+from tests.ops.support import LOOPBACK, answer_first_ping, control, stabilized, wait_until
 
 STATS = "/_stabilizer/stats"
 ClientFactory = Callable[..., TestClient]
@@ -118,10 +118,7 @@ def test_rtt_percentiles_are_rounded_seconds(client_factory: ClientFactory) -> N
     app = stabilized(heartbeat_interval=0.02, heartbeat_timeout=2.0)
     client = client_factory(app, client=LOOPBACK)
     with client, client.websocket_connect("/echo?stabilizer=1") as ws:
-        control(ws.receive_text())  # hello
-        ping = control(ws.receive_text())
-        assert ping is not None and ping["t"] == "ping"
-        ws.send_text(RS + '{"t":"pong","ts":' + str(ping["ts"]) + ',"n":0}')
+        answer_first_ping(ws)
         wait_until(lambda: stats(client)["heartbeat"]["rtt"]["count"] == 1)
         heartbeat = stats(client)["heartbeat"]
     for key in ("rtt_p50", "rtt_p90", "rtt_p99"):

@@ -97,6 +97,14 @@ def stabilized(calls: AppCalls | None = None, **settings: Any) -> StabilizerMidd
     return StabilizerMiddleware(make_app(calls), **settings)
 
 
+def answer_first_ping(ws: Any) -> None:
+    """On an opted-in test-client websocket: read the hello and the first ping, answer it."""
+    control(ws.receive_text())  # hello
+    ping = control(ws.receive_text())
+    assert ping is not None and ping["t"] == "ping"
+    ws.send_text(RS + '{"t":"pong","ts":' + str(ping["ts"]) + ',"n":0}')
+
+
 class Captured(logging.Handler):
     """Every record of every logger, from any thread, while installed."""
 
