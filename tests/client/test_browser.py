@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,16 +69,21 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-async def page(tmp_path: Path) -> AsyncIterator[Any]:
-    """A page in a fresh headless Chromium profile; fails the test on any uncaught page error."""
+@asynccontextmanager
+async def chromium_page(tmp_path: Path, **options: Any) -> AsyncIterator[Any]:
+    """A page in a fresh headless Chromium profile (`options`: more of playwright's persistent
+    context options); fails the test on any uncaught page error."""
     chromium = require_tool("chromium")
     from playwright.async_api import async_playwright
 
     errors: list[str] = []
     async with async_playwright() as pw:
         context = await pw.chromium.launch_persistent_context(
-            tmp_path / "profile", executable_path=chromium, headless=True, args=CHROMIUM_ARGS
+            tmp_path / "profile",
+            executable_path=chromium,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            **options,
         )
         try:
             page = await context.new_page()
@@ -86,6 +92,13 @@ async def page(tmp_path: Path) -> AsyncIterator[Any]:
         finally:
             await context.close()
     assert errors == []
+
+
+@pytest.fixture
+async def page(tmp_path: Path) -> AsyncIterator[Any]:
+    """A page in a fresh headless Chromium profile; fails the test on any uncaught page error."""
+    async with chromium_page(tmp_path) as page:
+        yield page
 
 
 async def open_page(page: Any, server: Any) -> None:

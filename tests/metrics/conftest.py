@@ -11,33 +11,15 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.client.test_browser import CHROMIUM_ARGS
-from tests.conftest import require_tool
+from tests.client.test_browser import chromium_page
 
 
 @pytest.fixture
 async def page(tmp_path: Path) -> AsyncIterator[Any]:
     """A 1280x900 page in a fresh headless Chromium profile; fails the test on any uncaught
     page error."""
-    chromium = require_tool("chromium")
-    from playwright.async_api import async_playwright
-
-    errors: list[str] = []
-    async with async_playwright() as pw:
-        context = await pw.chromium.launch_persistent_context(
-            tmp_path / "profile",
-            executable_path=chromium,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900},
-        )
-        try:
-            page = await context.new_page()
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            yield page
-        finally:
-            await context.close()
-    assert errors == []
+    async with chromium_page(tmp_path, viewport={"width": 1280, "height": 900}) as page:
+        yield page
 
 
 @pytest.fixture
