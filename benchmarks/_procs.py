@@ -401,6 +401,37 @@ class LoadGenPool:
 # --- redis-server ---------------------------------------------------------------------------
 
 
+def redis_argv(binary: str, host: str, port: int, data_dir: str, *extra: str) -> list[str]:
+    """A redis-server command line: ``host:port``, no persistence (no RDB save, no AOF), its
+    files in ``data_dir``, warnings only; ``extra`` options after those."""
+    return [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        host,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        data_dir,
+        *extra,
+        "--loglevel",
+        "warning",
+    ]
+
+
+def redis_pong(host: str, port: int, timeout: float) -> bool:
+    """Whether a redis-server on ``host:port`` answers PING now."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 class RedisServer:
     """Debian's redis-server on a free loopback port, without persistence.
 
@@ -437,23 +468,7 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> None:
         """Start it (again) on its port and wait until it answers PING."""
         self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                self.host,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-                "--maxclients",
-                "1000",
-                "--loglevel",
-                "warning",
-            ],
+            redis_argv(self.binary, self.host, self.port, self.dir, "--maxclients", "1000"),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -462,13 +477,8 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
+            if redis_pong(self.host, self.port, 0.5):
+                return
             time.sleep(0.01)
         self.stop()
         raise RuntimeError("redis-server did not answer PING")

@@ -18,6 +18,8 @@ import time
 import anyio
 import anyio.abc
 
+from benchmarks._procs import redis_argv, redis_pong
+
 from .conftest import require_tool
 
 
@@ -43,35 +45,14 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-                "--protected-mode",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
+            redis_argv(self.binary, "127.0.0.1", self.port, self.dir, "--protected-mode", "no"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                pass
+            if redis_pong("127.0.0.1", self.port, 0.2):
+                return self
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.01)
