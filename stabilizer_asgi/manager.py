@@ -858,12 +858,12 @@ class Stabilizer:
                 return
             replay = frames
             if self.cluster.others:
-                # Other nodes answer "invalid" for the token spent here from now on.
-                self._spawn(
-                    self.backend.store.claim_token,
-                    session.id,
-                    conn.resume_generation,
-                    max(self.config.resume_window, 60.0),
+                # Other nodes answer "invalid" for the token spent here from the moment the
+                # client can know it was spent (its hello): recorded before the hello, not
+                # behind it (a spawned claim lost that race under load). One Redis call per
+                # resume, bounded by cluster_timeout; an unreachable Redis does not block it.
+                await self.backend.store.claim_token(
+                    session.id, conn.resume_generation, max(self.config.resume_window, 60.0)
                 )
             session._generation = after_resume(session._generation, conn.resume_generation)
             session._token_confirmed = False
