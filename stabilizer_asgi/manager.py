@@ -265,7 +265,7 @@ class Stabilizer:
             targets = list(self._registry.members(group).values())
         if skip:
             targets = [session for session in targets if session.id not in skip]
-        counts = deliver(targets, frame, size, self._spawn)
+        counts = deliver(targets, frame, size, self.spawn)
         # Counted once per broadcast, not per recipient: frames handed to a transport (or held
         # for a client's resume), as in the result.
         metrics = self.metrics
@@ -366,7 +366,7 @@ class Stabilizer:
             conn = session._conn
             if conn is not None and conn.abort(1012, "cluster gap"):
                 closed += 1
-        self._count("cluster_gaps")
+        self.count_event("cluster_gaps")
         _log.event(
             logger,
             _log.CLUSTER_GAP_CLOSED,
@@ -417,7 +417,7 @@ class Stabilizer:
         failed = sum(1 for c in aborted if c.session._conn is c)
         closed = len(aborted) - failed
         report = ShutdownReport(closed, failed, round(_monotonic() - started, 3))
-        self._count("drained", closed)
+        self.count_event("drained", closed)
         _log.event(
             logger,
             _log.DRAINED,
@@ -503,7 +503,8 @@ class Stabilizer:
 
     # ------------------------------------------------------------------ stats
 
-    def _count(self, name: str, n: int = 1) -> None:
+    def count_event(self, name: str, n: int = 1) -> None:
+        """Add `n` to counter `name` (`ConnectionHost`: connections count through this too)."""
         self.metrics.count(name, n)
 
     def _probe_server(self, receive: Any) -> None:
@@ -694,7 +695,8 @@ class Stabilizer:
         tg.cancel_scope.cancel()
         return self._service_stopped
 
-    def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run `fn(*args)` in the background service (`ConnectionHost`), errors logged."""
         tg = self._tg
         if tg is not None:
             tg.start_soon(self._guarded, fn, *args)
@@ -738,7 +740,7 @@ class Stabilizer:
                 try:
                     next_at = conn.heartbeat(now)
                 except Exception as exc:  # pragma: no cover - defensive
-                    self._log_error("heartbeat check failed", conn.session, exc)
+                    self.log_error("heartbeat check failed", conn.session, exc)
                     continue
                 if next_at is not None:
                     conn.heartbeat_slot = wheel.schedule(conn, next_at)
@@ -755,7 +757,7 @@ class Stabilizer:
         self._limits.release(ip)
 
     def _rejected(self, reason: str, remote: object) -> None:
-        self._count("rejected_" + reason)
+        self.count_event("rejected_" + reason)
         _log.event(logger, _log.REJECTED, reason=reason, remote=remote)
 
     def _new_session(
@@ -790,7 +792,7 @@ class Stabilizer:
                 assert opt_in.resume_ack is not None
                 session.remote = remote  # the `resumed` record names the new connection's peer
                 return session, (opt_in.resume_ack, generation), None
-            self._count("resume_failed_" + reason)
+            self.count_event("resume_failed_" + reason)
         return self._new_session(client_id, opt_in.opted_in, remote), None, reason
 
     def _claim(self, opt_in: wire.OptIn) -> tuple[Session | None, int, str]:
@@ -872,7 +874,7 @@ class Stabilizer:
             session.close_code = None
             session.close_reason = ""
             session._last_in = _monotonic()
-            self._count("resumed")
+            self.count_event("resumed")
         else:
             self._connecting.pop(session.id, None)
             self._reg_seq += 1
@@ -908,7 +910,7 @@ class Stabilizer:
             )
             self._hook("on_resume", session)
             return
-        self._count("connections_accepted")
+        self.count_event("connections_accepted")
         self._session_event(
             _log.CONNECTED,
             session,
@@ -972,7 +974,7 @@ class Stabilizer:
             session._carry.extend(unread)
         session._conn = None
         self._enqueue_detached(session)
-        self._count("detached")
+        self.count_event("detached")
         self._session_event(
             _log.DETACHED,
             session,
@@ -1003,7 +1005,7 @@ class Stabilizer:
             tombstones[session.id] = None
             if len(tombstones) > MAX_TOMBSTONES:
                 tombstones.popitem(last=False)
-            self._count("expired")
+            self.count_event("expired")
             self._end(session, expired=True)
 
     def _end(self, session: Session, *, expired: bool = False) -> None:
@@ -1043,10 +1045,10 @@ class Stabilizer:
         self._ack_due.add(conn)
 
     def aborted(self, conn: Connection, code: int, reason: str) -> None:
-        self._count(f"closed_{code}")
+        self.count_event(f"closed_{code}")
 
     def heartbeat_timeout(self, conn: Connection) -> None:
-        self._count("heartbeat_timeouts")
+        self.count_event("heartbeat_timeouts")
         session = conn.session
         self._session_event(
             _log.HEARTBEAT_TIMEOUT,
@@ -1073,19 +1075,14 @@ class Stabilizer:
             logger, name, level=level, session=session.id, client=session.client_id, **fields
         )
 
-    def _log_error(self, what: str, session: Session, exc: BaseException) -> None:
+    def log_error(self, what: str, session: Session, exc: BaseException) -> None:
+        """Log a failure of ours around `session` (`ConnectionHost`), never raised."""
         logger.warning("%s for session %s: %r", what, session.id, exc)
-
-    # The rest of `ConnectionHost`: the same functions under the seam's names, so a
-    # connection's call costs what it did (no wrapper per counted event or spawned task).
-    count_event = _count
-    spawn = _spawn
-    log_error = _log_error
 
     def _hook(self, name: str, session: Session) -> None:
         hook = getattr(self.config, name)
         if hook is not None:
-            self._spawn(self._run_hook, name, hook, session)
+            self.spawn(self._run_hook, name, hook, session)
 
     async def _run_hook(
         self, name: str, hook: Callable[[Session], Awaitable[None]], session: Session
@@ -1134,7 +1131,7 @@ class Stabilizer:
             victim._release_data()
             victim._release_buffers()
             needed -= freed
-            self._count("evictions")
+            self.count_event("evictions")
             self._session_event(
                 _log.EVICTED,
                 victim,
