@@ -13,7 +13,7 @@ manager gives here, so this module knows nothing of sessions or connections.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -36,12 +36,18 @@ class Cluster:
         execute: Callable[[Command], Awaitable[bool | None]],
         lost: Callable[[str | None], object],
         connections: Callable[[], int],
+        take: Callable[[Sequence[str]], dict[str, bytes]],
+        hand_over: Callable[[str, int], Awaitable[str]],
+        ended: Callable[[bytes], object],
     ) -> None:
         self.backend = backend
         self._deliver = deliver
         self._execute = execute
         self._lost = lost
         self._connections = connections
+        self._take = take
+        self._hand_over = hand_over
+        self._ended = ended
         self._running = False
         self._warned = False
         # The in-memory default with no other node on its hub has nobody to talk to: the
@@ -129,6 +135,15 @@ class Cluster:
 
     def connections(self) -> int:
         return self._connections()
+
+    def take(self, session_ids: Sequence[str]) -> dict[str, bytes]:
+        return self._take(session_ids)
+
+    async def hand_over(self, session_id: str, generation: int) -> str:
+        return await self._hand_over(session_id, generation)
+
+    def ended(self, snapshot: bytes) -> None:
+        self._ended(snapshot)
 
     # ------------------------------------------------------------------ reporting
 

@@ -39,7 +39,7 @@ SLOW_CONSUMER = "slow_consumer"
 DRAIN_STARTED = "drain_started"
 """drain() began: connections, period."""
 DRAINED = "drained"
-"""drain() finished: closed, failed, duration_ms."""
+"""drain() finished: closed, failed, parked (sessions moved to the cluster store), duration_ms."""
 SHUTDOWN = "shutdown"
 """shutdown() finished: closed, failed, duration_ms."""
 HOOK_FAILED = "hook_failed"
@@ -68,6 +68,17 @@ CLUSTER_NOT_STARTED = "cluster_not_started"
 CLUSTER_GAP_CLOSED = "cluster_gap_closed"
 """WARNING. Publications for a group (None: everyone) were lost: group, sessions, closed (the
 opted-in sessions closed 1012 so their clients resync with reason "gap")."""
+PARKED = "parked"
+"""A detached session left this node for the cluster store (a drain, or another node's resume
+asked for it): session, client, why ("drain", "shutdown" or "hand-over")."""
+ADOPTED = "adopted"
+"""A session came to this node from another (claimed from the cluster store for a resume):
+session, client, mailbox (frames that waited for it)."""
+NOT_MOVABLE = "not_movable"
+"""WARNING. A detached session could not be parked (its data is not JSON-serializable): it
+stays here and is lost if this node exits: session, client, error."""
+CLUSTER_PARK_FAILED = "cluster_park_failed"
+"""ERROR. Parking or claiming sessions through Redis failed: node, sessions, error."""
 
 EVENTS = (
     CONNECTED,
@@ -92,6 +103,10 @@ EVENTS = (
     CLUSTER_OUTBOX_OVERFLOW,
     CLUSTER_NOT_STARTED,
     CLUSTER_GAP_CLOSED,
+    PARKED,
+    ADOPTED,
+    NOT_MOVABLE,
+    CLUSTER_PARK_FAILED,
 )
 
 # The message of each event's records: a `str.format` template over the event's fields.
@@ -122,7 +137,10 @@ SLOW_CONSUMER_MESSAGE = (
     "Session {session} does not read fast enough: closing it with 1008 (client {client})"
 )
 DRAIN_STARTED_MESSAGE = "Draining {connections} connections over {period} s"
-DRAINED_MESSAGE = "Drain finished in {duration_ms} ms: {closed} closed, {failed} failed"
+DRAINED_MESSAGE = (
+    "Drain finished in {duration_ms} ms: {closed} closed, {failed} failed, {parked} sessions "
+    "parked in the cluster store"
+)
 SHUTDOWN_MESSAGE = "Shutdown finished in {duration_ms} ms: {closed} closed, {failed} failed"
 HOOK_FAILED_MESSAGE = "Hook {hook} failed for session {session}: {error}"
 SECRET_GENERATED_MESSAGE = (
@@ -155,6 +173,18 @@ CLUSTER_NOT_STARTED_MESSAGE = (
 CLUSTER_GAP_CLOSED_MESSAGE = (
     "Publications for group {group} were lost: {closed} of {sessions} sessions closed with 1012 "
     "to resync"
+)
+PARKED_MESSAGE = "Session {session} moved to the cluster store ({why}; client {client})"
+ADOPTED_MESSAGE = (
+    "Session {session} taken over from the cluster store ({mailbox} frames waited for it; "
+    "client {client})"
+)
+NOT_MOVABLE_MESSAGE = (
+    "Session {session} cannot move to another node and is lost if this node exits: {error} "
+    "(client {client})"
+)
+CLUSTER_PARK_FAILED_MESSAGE = (
+    "Cluster node {node} could not move {sessions} sessions through Redis: {error}"
 )
 
 MESSAGES = {name: globals()[name.upper() + "_MESSAGE"] for name in EVENTS}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Collection, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
@@ -14,11 +15,18 @@ import anyio.abc
 
 from . import logging as _log
 from .asgi import _runtime
-from .asgi.connection import DELIVERED, deliver, encode_message, escaped, offer_one, payload_of
-from .backends import Command, Payload, create_backend
+from .asgi.connection import (
+    DELIVERED,
+    deliver,
+    encode_message,
+    escaped,
+    offer_one,
+    payload_of,
+)
+from .backends import Command, Handover, ParkRequest, Payload, create_backend
 from .cluster import Cluster
 from .config import StabilizerConfig
-from .core import wire
+from .core import snapshot, wire
 from .core.heartbeat import TimerWheel
 from .core.limits import ConnectionCounter
 from .core.metrics import History, Metrics, seconds
@@ -123,13 +131,25 @@ class Stabilizer:
             execute=self._execute,
             lost=self._lost,
             connections=lambda: self._limits.total,
+            take=self._take,
+            hand_over=self._hand_over,
+            ended=self._parked_ended,
         )
+        # Groups this node is subscribed to for a session it is claiming from the cluster
+        # (it must hear the group before the claim's point): kept while the claim runs.
+        self._pinned: dict[str, int] = {}
+        # Sessions being claimed here, with what this node broadcast to them since the claim
+        # was sent (neither in their mailbox nor delivered here yet): handed over at adoption.
+        # Each is bounded like a replay buffer.
+        self._arriving: dict[str, _Arriving] = {}
         if cfg.otel:
             try:
                 from .otel import instrument
             except ImportError as exc:
                 raise ConfigError("otel", True, "False, or install stabilizer-asgi[otel]") from exc
             instrument(self)
+        # In a cluster a token names the node holding its session (see `_resume_from_cluster`).
+        self._token_node = "" if cfg.backend == "memory" else self.backend.node_id
         keys, generated = normalize_secret(cfg.secret)
         self._signer = TokenSigner(keys)
         self._resumable = (
@@ -210,15 +230,26 @@ class Stabilizer:
         frame, size = encode_message(message)
         session = self._registry.get(session_id)
         if session is None:
-            return await self.cluster.request(
-                Command("send", session_id, payload=payload_of(frame))
-            )
+            return await self._send_elsewhere(session_id, payload_of(frame))
         if offer_one(session, frame, escaped(frame), size, _monotonic()) != DELIVERED:
             return False
         metrics = self.metrics
         metrics.frames_out += 1
         metrics.bytes_out += size
         return True
+
+    async def _send_elsewhere(self, session_id: str, payload: Payload) -> bool:
+        """`send` to a session this node does not hold: the node that does, else its mailbox
+        if it is parked, else (claimed meanwhile) the node that took it."""
+        cluster = self.cluster
+        if not cluster.others:
+            return False
+        command = Command("send", session_id, payload=payload)
+        if await cluster.request(command):
+            return True
+        if await self.backend.store.append(session_id, payload):
+            return True
+        return await cluster.request(command)
 
     async def broadcast(
         self,
@@ -240,6 +271,10 @@ class Stabilizer:
         cluster = self.cluster
         if cluster.others:
             cluster.publish(payload_of(frame), group, skip)
+            if self._arriving:
+                for session_id, arriving in self._arriving.items():
+                    if session_id not in skip and (group is None or group in arriving.groups):
+                        arriving.add(frame, size, self.config.replay_buffer_messages)
         metrics = self.metrics
         metrics.count("broadcasts")
         metrics.observe_broadcast(_monotonic() - started)
@@ -304,7 +339,12 @@ class Stabilizer:
 
     def _leave_local(self, session: Session, group: str) -> None:
         self._registry.leave(session, group)
-        if not self._registry.members(group):
+        self._unsubscribe_if_empty(group)
+
+    def _unsubscribe_if_empty(self, group: str) -> None:
+        """This node no longer needs `group`'s publications once no session here is in it
+        (nor a session it is claiming)."""
+        if not self._registry.members(group) and group not in self._pinned:
             self.cluster.unsubscribe(group)
 
     async def close(self, session_id: str, code: int = 1000, reason: str = "") -> bool:
@@ -416,6 +456,9 @@ class Stabilizer:
         await _unwound(aborted, DRAIN_GRACE)
         failed = sum(1 for c in aborted if c.session._conn is c)
         closed = len(aborted) - failed
+        # In cluster mode the detached sessions move to the cluster store before the process
+        # exits: their clients resume exactly on whichever node they reach.
+        parked = await self._park_detached()
         report = ShutdownReport(closed, failed, round(_monotonic() - started, 3))
         self.count_event("drained", closed)
         _log.event(
@@ -423,6 +466,7 @@ class Stabilizer:
             _log.DRAINED,
             closed=closed,
             failed=failed,
+            parked=parked,
             duration_ms=round(report.duration * 1000, 1),
         )
         return report
@@ -479,18 +523,257 @@ class Stabilizer:
             )
         return True
 
-    async def _check_foreign_token(self, conn: Connection, token: object) -> None:
-        """A genuine token for a session this node does not hold: "invalid" if the cluster
-        knows it was used already (single use across the cluster), else "unknown"."""
-        if conn.resume_reason != "unknown" or not self.cluster.others:
-            return
+    # ------------------------------------------------------------------ resume anywhere
+    # A session moves between nodes through the cluster store (see backends/base.py): parked
+    # by the node that holds it (a drain, or another node asking), claimed by the node its
+    # client reached. Only the backend's ordering makes that exact; here are the decisions.
+
+    def _park_request(self, session: Session, now: float) -> ParkRequest | None:
+        """What parking `session` asks of the store: the rest of its resume window."""
+        detached_at = session._detached_at
+        left = self.config.resume_window - (now - detached_at if detached_at else 0.0)
+        if left <= 0:
+            return None
+        cfg = self.config
+        return ParkRequest(
+            session.id,
+            tuple(sorted(session.groups)),
+            left,
+            cfg.replay_buffer_messages,
+            cfg.replay_buffer_bytes,
+        )
+
+    def _movable(self, session: Session) -> bool:
+        return (
+            session.state is SessionState.DETACHED
+            and session._conn is None
+            and session._replay is not None
+        )
+
+    async def _park_detached(self) -> int:
+        """Park every detached session of this node in the cluster store (a drain, or the
+        lifespan's end): they resume exactly on whichever node their clients reach."""
+        if not self.cluster.others or not self._resumable:
+            return 0
+        now = _monotonic()
+        requests = [
+            r
+            for r in (self._park_request(s, now) for s in self._registry if self._movable(s))
+            if r is not None
+        ]
+        if not requests:
+            return 0
+        return len(await self.backend.store.park(requests))
+
+    def _take(self, session_ids: Sequence[str]) -> dict[str, bytes]:
+        """`Node.take`: snapshot these detached sessions and let go of them (no end: no
+        `on_disconnect`, no tombstone; they live on in the cluster store)."""
+        taken: dict[str, bytes] = {}
+        why = "drain" if self._draining else "hand-over"
+        for session_id in session_ids:
+            session = self._registry.get(session_id)
+            if session is None or not self._movable(session):
+                continue
+            try:
+                blob = snapshot.dumps(session)
+            except snapshot.SnapshotError as exc:
+                self._session_event(
+                    _log.NOT_MOVABLE, session, level=logging.WARNING, error=str(exc)
+                )
+                continue
+            taken[session_id] = blob
+            self._let_go(session)
+            self.count_event("parked")
+            self._session_event(_log.PARKED, session, why=why)
+        return taken
+
+    async def _hand_over(self, session_id: str, generation: int) -> str:
+        """`Node.hand_over`: another node has a resume of this session with a token of
+        `generation`. Its connection here (half-open, or not noticed gone yet) is closed and
+        the session parked for that node to claim: "parked", else why not."""
+        session = self._registry.get(session_id)
+        if session is None:
+            return "expired" if session_id in self._tombstones else "unknown"
+        if not spendable(session._generation, session._token_confirmed, generation):
+            return "invalid"
+        conn = session._conn
+        if conn is not None:
+            if conn.connecting:
+                return "invalid"  # a resume of it is being accepted here right now
+            self._detach(conn)
+            conn.abort(1000, "session resumed on another connection")
+        elif session.state is SessionState.DETACHED:
+            detached_at = session._detached_at
+            if detached_at is not None and _monotonic() - detached_at > self.config.resume_window:
+                return "expired"
+        if not self._movable(session):
+            return "unknown"
+        request = self._park_request(session, _monotonic())
+        if request is None:
+            return "expired"
+        if session_id in await self.backend.store.park([request]):
+            self.count_event("handed_over")
+            return "parked"
+        return "lost"
+
+    def _parked_ended(self, blob: bytes) -> None:
+        """`Node.ended`: a parked session's window passed; this node ends it for the cluster."""
         try:
-            session_id, generation = self._signer.verify(token)
-        except (InvalidTokenError, TokenExpiredError):
+            session = snapshot.loads(blob, memory_limit=None, on_charge=None, idle_replay=None)
+        except snapshot.SnapshotError:
+            logger.exception("an expired parked session could not be read")
             return
+        session.state = SessionState.CLOSED
+        tombstones = self._tombstones
+        tombstones[session.id] = None
+        if len(tombstones) > MAX_TOMBSTONES:
+            tombstones.popitem(last=False)
+        self.count_event("expired")
+        self._ended_event(session, True)
+
+    def _adopt(self, handover: Handover) -> Session:
+        """A claimed session arrives: register it here, detached, with what waited for it
+        (called at the claim's point in the publication order)."""
+        session = snapshot.loads(
+            handover.snapshot,
+            memory_limit=self.config.max_memory_per_session,
+            on_charge=self._on_charge,
+            idle_replay=self._idle_replay,
+        )
+        for payload in handover.mailbox:
+            if isinstance(payload, str):
+                frame: Message = {"type": "websocket.send", "text": payload}
+                size = wire.text_size(payload)
+            else:
+                frame = {"type": "websocket.send", "bytes": payload}
+                size = len(payload)
+            session._hold(escaped(frame), size)
+        arriving = self._arriving.get(session.id)
+        if arriving is not None:
+            for frame, size in arriving.frames:
+                session._hold(escaped(frame), size)
+        replay = session._replay
+        if (handover.gap or (arriving is not None and arriving.overflowed)) and replay is not None:
+            if not replay.sent:
+                replay = session._replay = replay.empty_copy()
+            replay.lose()
+        session.state = SessionState.CLOSED  # registered below: the gauges count it from here
+        self._reg_seq += 1
+        session._seq = self._reg_seq
+        self._registry.add(session)
+        self._enqueue_detached(session)
+        self.count_event("adopted")
+        self._session_event(_log.ADOPTED, session, mailbox=len(handover.mailbox))
+        return session
+
+    def _adopt_into(self, adopted: list[Session], handover: Handover) -> None:
+        adopted.append(self._adopt(handover))
+
+    async def _resume_from_cluster(self, conn: Connection) -> None:
+        """A resume whose session this node does not hold: take it over from the node that
+        does (or from the cluster store, where it is parked), or say honestly why not."""
+        reason = await self._find_in_cluster(conn)
+        if reason is not None:
+            conn.refuse_resume(reason)
+            self.count_event("resume_failed_" + reason)
+
+    async def _find_in_cluster(self, conn: Connection) -> str | None:
+        """`_resume_from_cluster`: None once `conn` resumes the session, else the reason."""
+        token = conn.resume_token
+        ack = conn.requested_ack
+        if not self._resumable or not self.cluster.others:
+            return "unknown"
+        try:
+            session_id, generation, node = self._signer.verify_node(token)
+        except InvalidTokenError:
+            return "unknown"  # a foreign key: no node of this cluster signed it
+        if ack is None:
+            return "invalid"
+        store = self.backend.store
+        cfg = self.config
+        deadline = _monotonic() + 3 * cfg.cluster_timeout
+        reason = "unknown"
+        while _monotonic() < deadline:
+            where = await store.locate(session_id)
+            if where.state == "unreachable":
+                break
+            if where.state == "parking":
+                await anyio.sleep(0.02)  # its node is parking it: a moment
+                continue
+            if where.state != "parked":
+                owner = where.owner or node
+                if not owner or owner == self.cluster.node_id:
+                    reason = await self._gone_here(session_id, generation)
+                    break
+                answer = await self.backend.broker.hand_over(owner, session_id, generation)
+                if answer == "gone":
+                    reason = await store.fate(owner, cfg.resume_window)
+                    break
+                if answer == "unknown":
+                    # Not on its node (ended there): a token already spent says "invalid".
+                    reason = await self._gone_here(session_id, generation)
+                    break
+                if answer != "parked":
+                    reason = "lost" if answer == "timeout" else answer
+                    break
+                where = await store.locate(session_id)
+                if where.state != "parked":
+                    continue
+            adopted: list[Session] = []
+            for group in where.groups:
+                self._pinned[group] = self._pinned.get(group, 0) + 1
+            try:
+                for group in where.groups:
+                    await self.cluster.subscribe(group)
+                self._arriving[session_id] = _Arriving(frozenset(where.groups))
+                result = await store.claim(
+                    session_id,
+                    generation,
+                    max(cfg.resume_window, 60.0),
+                    functools.partial(self._adopt_into, adopted),
+                )
+            finally:
+                self._arriving.pop(session_id, None)
+                for group in where.groups:
+                    left = self._pinned[group] - 1
+                    if left:
+                        self._pinned[group] = left
+                    else:
+                        del self._pinned[group]
+                        self._unsubscribe_if_empty(group)
+            if result is None and adopted:
+                return self._bind_adopted(conn, adopted[0], ack, generation)
+            if result in ("moved", "parking", "missing"):
+                continue  # claimed by another node meanwhile (a racing resume): ask again
+            reason = "unknown" if result == "unreachable" else str(result)
+            break
+        return reason
+
+    async def _gone_here(self, session_id: str, generation: int) -> str:
+        """Why a session that the cluster says is this node's cannot be resumed."""
+        if session_id in self._tombstones:
+            return "expired"
         current = await self.backend.store.generation(session_id)
         if current is not None and generation < current:
-            conn.refuse_resume("invalid")
+            return "invalid"
+        return "unknown"
+
+    def _bind_adopted(
+        self, conn: Connection, session: Session, ack: int, generation: int
+    ) -> str | None:
+        """Resume an adopted session on the connection that asked for it, if exactly: None,
+        else why not (the session stays here, detached)."""
+        replay = session._replay
+        if replay is None or ack > replay.sent or session._conn is not None:
+            return "invalid"
+        if replay.since(ack) is None:
+            return "gap"
+        self._connecting.pop(conn.session.id, None)
+        session.remote = conn.session.remote
+        conn.rebind(session)
+        session._ack_out(ack)
+        self._bind(conn, (ack, generation), None)
+        return None
 
     def health(self) -> tuple[str, str | None]:
         """("ok" | "degraded" | "draining", why not ok): what the health route answers."""
@@ -681,7 +964,12 @@ class Stabilizer:
         """Lifespan end: send what is queued for the other nodes and leave the cluster, then
         stop the background service of this loop."""
         try:
-            await self._leave_cluster()
+            try:
+                # Sessions the server's own shutdown detached (uvicorn closes every websocket
+                # with 1012 before lifespan shutdown) move to the cluster store first.
+                await self._park_detached()
+            finally:
+                await self._leave_cluster()
         finally:
             stopped = self._stop_now()
             if stopped is not None:
@@ -792,7 +1080,10 @@ class Stabilizer:
                 assert opt_in.resume_ack is not None
                 session.remote = remote  # the `resumed` record names the new connection's peer
                 return session, (opt_in.resume_ack, generation), None
-            self.count_event("resume_failed_" + reason)
+            if reason != "unknown" or not self.cluster.others:
+                # (An unknown session may be elsewhere in the cluster: counted once the
+                # cluster has answered, in `_resume_from_cluster`.)
+                self.count_event("resume_failed_" + reason)
         return self._new_session(client_id, opt_in.opted_in, remote), None, reason
 
     def _claim(self, opt_in: wire.OptIn) -> tuple[Session | None, int, str]:
@@ -925,9 +1216,10 @@ class Stabilizer:
         resume: tuple[int, int] | None,
         reason: str | None,
         token: str | None = None,
+        ack: int | None = None,
     ) -> None:
         """Attach a new connection to the session `_open_session` chose for it."""
-        conn.bind_resume(reason, resume, token)
+        conn.bind_resume(reason, resume, token, ack)
         if resume is not None:
             conn.session._conn = conn  # claimed: frames sent meanwhile wait for the replay
 
@@ -1008,21 +1300,31 @@ class Stabilizer:
             self.count_event("expired")
             self._end(session, expired=True)
 
-    def _end(self, session: Session, *, expired: bool = False) -> None:
-        """The session is over: forget it, free its memory, log, run `on_disconnect`."""
+    def _let_go(self, session: Session, *, keep_data: bool = False) -> None:
+        """Forget a session here and free its memory: it ended, or moved to another node.
+        With `keep_data`, its data stays (and counted) until `_ended_event` is done with it."""
         session._conn = None
         self._set_state(session, SessionState.CLOSED)
         groups = session.groups
         self._registry.remove(session)
         for group in groups:
-            if not self._registry.members(group):
-                self.cluster.unsubscribe(group)
+            self._unsubscribe_if_empty(group)
         if session._cluster_client:
             session._cluster_client = False
             assert session.client_id is not None
             self.backend.presence.release_client(session.client_id)
-        session._release_data()
+        if not keep_data:
+            session._release_data()
         session._release_buffers()
+
+    def _end(self, session: Session, *, expired: bool = False) -> None:
+        """The session is over: forget it, free its memory, log, run `on_disconnect` (which
+        still sees the session's data; it is freed once the hook returns)."""
+        self._let_go(session, keep_data=True)
+        self._ended_event(session, expired)
+
+    def _ended_event(self, session: Session, expired: bool) -> None:
+        """Log the end of a session and run `on_disconnect` (once per session, cluster-wide)."""
         duration = time.time() - session.created_at
         self._session_event(
             _log.DISCONNECTED,
@@ -1033,7 +1335,11 @@ class Stabilizer:
             rtt_ms=None if session.rtt is None else round(session.rtt * 1000, 1),
             expired=expired,
         )
-        self._hook("on_disconnect", session)
+        hook = self.config.on_disconnect
+        if hook is None:
+            session._release_data()
+        else:
+            self.spawn(self._run_hook, "on_disconnect", hook, session)
 
     # ------------------------------------------------------------------ ConnectionHost
     # What a connection asks of its manager (`asgi/host.py`): callbacks, not user API.
@@ -1098,6 +1404,9 @@ class Stabilizer:
                 session=session.id,
                 error=repr(exc),
             )
+        finally:
+            if name == "on_disconnect":
+                session._release_data()
 
     # ------------------------------------------------------------------ memory
 
@@ -1150,12 +1459,29 @@ class Stabilizer:
         """A reconnect token for the session: single use, valid while the session can be
         resumed (it is connected, or detached for less than `resume_window`)."""
         session = self._require(session_id)
-        return self._signer.sign(session.id, session._generation)
+        return self._signer.sign(session.id, session._generation, self._token_node)
 
     async def validate_token(self, token: str) -> str:
         """The session id a token resumes; `InvalidTokenError` (tampered, foreign key, used,
         unknown session) or `TokenExpiredError` (resume window passed) otherwise."""
         return self._check_token(token)[0].id
+
+
+class _Arriving:
+    """What this node broadcast to a session while claiming it (see `Stabilizer._arriving`)."""
+
+    __slots__ = ("frames", "groups", "overflowed")
+
+    def __init__(self, groups: frozenset[str]) -> None:
+        self.groups = groups
+        self.frames: list[tuple[Message, int]] = []
+        self.overflowed = False
+
+    def add(self, frame: Message, size: int, bound: int) -> None:
+        if len(self.frames) >= bound:
+            self.overflowed = True
+            return
+        self.frames.append((frame, size))
 
 
 class _UnknownSession(InvalidTokenError):

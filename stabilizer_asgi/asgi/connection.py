@@ -106,6 +106,7 @@ class Connection:
         "_resume_generation",
         "_resume_reason",
         "_resume_token",
+        "_requested_ack",
         "_opened",
         "_app_closed",
         "_send_failed",
@@ -167,6 +168,7 @@ class Connection:
         # The token a resume that could not be honoured here presented (cluster mode asks the
         # other nodes whether it was used).
         self._resume_token: str | None = None
+        self._requested_ack: int | None = None
         self._opened = False
         self._app_closed = False
         self._send_failed = False
@@ -930,16 +932,32 @@ class Connection:
         """The token of a resume this node could not place (kept for the cluster check)."""
         return self._resume_token
 
+    @property
+    def requested_ack(self) -> int | None:
+        """The `stabilizer_ack` of a resume this node could not place (with `resume_token`)."""
+        return self._requested_ack
+
     def bind_resume(
-        self, reason: str | None, resume: tuple[int, int] | None, token: str | None = None
+        self,
+        reason: str | None,
+        resume: tuple[int, int] | None,
+        token: str | None = None,
+        ack: int | None = None,
     ) -> None:
         """Record the outcome of the resume request: `resume` is (ack, generation) when this
-        connection resumes its session, `reason` why not otherwise, `token` the presented
-        token when no node here knew it."""
+        connection resumes its session, `reason` why not otherwise, `token` and `ack` what the
+        client presented when no session here matched (the cluster may have it)."""
         self._resume_reason = reason
         if resume is not None:
             self._resume_ack, self._resume_generation = resume
         self._resume_token = token
+        self._requested_ack = ack
+
+    def rebind(self, session: Session) -> None:
+        """Before the app runs: this connection belongs to `session` (one taken over from
+        another node for its resume), not to the new session it was opened with."""
+        assert self._phase == CONNECTING
+        self.session = session
 
     def refuse_resume(self, reason: str) -> None:
         """Change why the resume was refused (the cluster found the token already used)."""

@@ -92,7 +92,9 @@ class StabilizerMiddleware:
                 return
             # In cluster mode, duplicate_client across nodes and tokens of sessions held
             # elsewhere need the cluster's word; nothing else in a handshake waits for it.
-            if self.manager.cluster.others and not await self._cluster_admits(opened, client, ip):
+            if self.manager.cluster.others and not await self._cluster_admits(
+                scope, opened, client, ip
+            ):
                 await self._deny(scope, receive, send, 409, "duplicate_client")
                 return
             try:
@@ -160,8 +162,11 @@ class StabilizerMiddleware:
                 manager._probe_server(receive)
             session, resume, resume_reason = manager._open_session(opt_in, client_id, remote)
             conn = Connection(manager, session, receive, send, control=control, heartbeat=heartbeat)
-            token = opt_in.resume_token if resume_reason == "unknown" else None
-            manager._bind(conn, resume, resume_reason, token)
+            if resume_reason == "unknown":
+                ack = None if opt_in.ack_invalid else opt_in.resume_ack
+                manager._bind(conn, resume, resume_reason, opt_in.resume_token, ack)
+            else:
+                manager._bind(conn, resume, resume_reason)
         except BaseException:
             manager._release(ip)
             raise
@@ -175,12 +180,17 @@ class StabilizerMiddleware:
         return conn
 
     async def _cluster_admits(
-        self, conn: Connection, client: tuple[str, int] | None, ip: str | None
+        self, scope: Scope, conn: Connection, client: tuple[str, int] | None, ip: str | None
     ) -> bool:
         """The cluster-wide part of the handshake; False (slot released) to refuse it."""
         manager = self.manager
-        if conn.resume_reason == "unknown":
-            await manager._check_foreign_token(conn, conn.resume_token)
+        if conn.resume_reason == "unknown" and conn.resume_token is not None:
+            # Held by another node, or parked: taken over from there (the connection then
+            # belongs to that session), or refused with the cluster's reason.
+            await manager._resume_from_cluster(conn)
+            if conn.resume_ack is not None:
+                scope["state"]["stabilizer_session"] = conn.session
+                return True
         if await manager._claim_client(conn.session):
             return True
         manager._connecting.pop(conn.session.id, None)

@@ -7,9 +7,17 @@ A backend connects its node to the cluster through three facets, split by job:
   subscribed to the group (the manager subscribes on a group's first local member).
 - `Presence`: the live nodes and their connection counts, and the cluster-wide client-id
   index behind `duplicate_client`.
-- `SessionStore`: the cluster-wide record of reconnect tokens, so a token is used once.
-  (Resume on another node adds parking, the mailbox of a parked session and the hand-over
-  claim here; see docs/cluster.md, "What comes next".)
+- `SessionStore`: the cluster-wide record of reconnect tokens, so a token is used once; and
+  the sessions that move between nodes. A node parks a detached session (its snapshot) when it
+  drains or when another node asks for it; frames sent to a parked session wait in a bounded
+  mailbox next to it; a node that resumes the session claims it atomically (the only place
+  the token generation moves) and carries on with the snapshot and the mailbox.
+
+Moving a session loses and repeats nothing because every step is ordered against the
+publications: a park and a claim each take effect at one point of the cluster's publication
+order, and the node's reader reaches that point (`Node.take`, the `adopt` callback) before it
+delivers anything published after it. Publications before the point reach the session where it
+was; publications after it reach its mailbox (parked) or its new node (claimed).
 
 The backend calls back into its node through `Node`. Nothing crosses the seam as an ASGI
 event: payloads are `str` (a text frame) or `bytes` (a binary frame), with their metadata.
@@ -24,7 +32,7 @@ Every method is called from the node's event loop; the synchronous ones never bl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -56,6 +64,40 @@ class Command:
     group: str | None = None
     code: int = 1000
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """A claimed session: its snapshot (`core.snapshot`), the frames its mailbox held (in the
+    order they were sent), and whether the mailbox overflowed (a resume must answer "gap")."""
+
+    snapshot: bytes
+    mailbox: tuple[Payload, ...] = ()
+    gap: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Whereabouts:
+    """What the cluster store knows of a session: `state` is "parked" (claimable), "parking"
+    (its node is parking it right now) or "" (not parked); `owner` the node that last claimed
+    it, or that is parking it (None: no record, the token's node is the best guess); `groups`
+    its groups while parked."""
+
+    state: str = ""
+    owner: str | None = None
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ParkRequest:
+    """Park `session_id` (a member of `groups`) for `ttl` seconds, its mailbox bounded by
+    `max_messages` and `max_bytes`."""
+
+    session_id: str
+    groups: tuple[str, ...]
+    ttl: float
+    max_messages: int
+    max_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +138,19 @@ class Node(Protocol):
     def connections(self) -> int:
         """This node's open connections, reported to the cluster."""
 
+    def take(self, session_ids: Sequence[str]) -> dict[str, bytes]:
+        """Parking: snapshot these sessions and let go of them, now (called at the park's point
+        in the publication order). Returns the snapshots of those that could be taken (detached,
+        no connection); the others stay."""
+
+    async def hand_over(self, session_id: str, generation: int) -> str:
+        """Another node has a resume of `session_id` with a token of `generation`: park the
+        session for it. "parked", or why not ("invalid", "expired", "unknown", "lost")."""
+
+    def ended(self, snapshot: bytes) -> None:
+        """A parked session's resume window passed (this node is the one that noticed): it is
+        over, cluster-wide."""
+
 
 @runtime_checkable
 class Broker(Protocol):
@@ -114,6 +169,11 @@ class Broker(Protocol):
     async def request(self, command: Command) -> bool:
         """Ask the other nodes to carry out `command`: True once one did, False when none
         holds the target or none answered within the backend's timeout."""
+
+    async def hand_over(self, node_id: str, session_id: str, generation: int) -> str:
+        """Ask node `node_id` to park `session_id` for a resume (its `Node.hand_over` answer),
+        "gone" if no such node is listening (it died or left), "timeout" if it did not answer
+        within the backend's timeout."""
 
 
 @runtime_checkable
@@ -140,6 +200,33 @@ class SessionStore(Protocol):
     async def generation(self, session_id: str) -> int | None:
         """The generation the session's last claim moved it to (tokens below it are used), or
         None when no claim is on record."""
+
+    async def park(self, requests: Sequence[ParkRequest]) -> set[str]:
+        """Park these sessions of this node: returns the ids parked (their snapshots written,
+        their mailboxes open), once that holds. `Node.take` is called for them on the way."""
+
+    async def locate(self, session_id: str) -> Whereabouts:
+        """Where the cluster store says the session is."""
+
+    async def claim(
+        self,
+        session_id: str,
+        generation: int,
+        ttl: float,
+        adopt: Callable[[Handover], None],
+    ) -> str | None:
+        """Take a parked session over for a resume with a token of `generation`: None once
+        `adopt` has been called with it (at the claim's point in the publication order), or
+        why not: "invalid" (token used), "moved" (claimed by another node meanwhile),
+        "missing" (not parked), "unreachable"."""
+
+    async def append(self, session_id: str, payload: Payload) -> bool:
+        """Put a frame in a parked session's mailbox: False if it is not parked."""
+
+    async def fate(self, node_id: str, window: float) -> str:
+        """The answer for a session of node `node_id`, which is gone and did not park it:
+        "expired" if the node left cleanly or died more than `window` seconds ago, else
+        "lost" (the first node to ask records the death)."""
 
 
 @runtime_checkable

@@ -14,17 +14,60 @@ nothing is ever lost, so nothing is ever a gap.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
 
-from .base import BackendStatus, Command, Node, NodeInfo, Publication
+from .base import (
+    BackendStatus,
+    Command,
+    Handover,
+    Node,
+    NodeInfo,
+    ParkRequest,
+    Payload,
+    Publication,
+    Whereabouts,
+)
 
 # Token records kept by a hub at most (the oldest are forgotten first).
 MAX_TOKEN_RECORDS = 100_000
+# Seconds between two looks for parked sessions whose window passed.
+EXPIRY_PERIOD = 0.25
+
+
+@dataclass
+class _Parked:
+    """A parked session on the hub: its snapshot and its bounded mailbox."""
+
+    snapshot: bytes
+    groups: frozenset[str]
+    expires: float
+    max_messages: int
+    max_bytes: int
+    generation: int
+    confirmed: bool
+    mailbox: deque[Payload] = field(default_factory=deque)
+    nbytes: int = 0
+    gap: bool = False
+
+    def put(self, payload: Payload) -> None:
+        if self.gap:
+            return
+        size = len(payload)
+        if len(self.mailbox) + 1 > self.max_messages or self.nbytes + size > self.max_bytes:
+            self.gap = True  # overflow: the resume answers "gap"; nothing more is kept
+            self.mailbox.clear()
+            self.nbytes = 0
+            return
+        self.mailbox.append(payload)
+        self.nbytes += size
 
 
 class MemoryHub:
@@ -33,6 +76,26 @@ class MemoryHub:
     def __init__(self) -> None:
         self.members: dict[str, MemoryBackend] = {}
         self._tokens: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        # Moving sessions: parked ones, who last claimed each (for as long as its token
+        # record), nodes that left cleanly. Bounded by the sessions parked (each has a window)
+        # and MAX_TOKEN_RECORDS.
+        self.parked: dict[str, _Parked] = {}
+        self.owners: OrderedDict[str, str] = OrderedDict()
+        self.left: OrderedDict[str, None] = OrderedDict()
+
+    def mail(self, publication: Publication) -> None:
+        """A publication reaches the parked sessions it is for."""
+        group = publication.group
+        for session_id, parked in self.parked.items():
+            if session_id in publication.exclude:
+                continue
+            if group is None or group in parked.groups:
+                parked.put(publication.payload)
+
+    def expire(self, now: float) -> list[bytes]:
+        """Forget the parked sessions whose window passed; their snapshots."""
+        done = [sid for sid, parked in self.parked.items() if parked.expires <= now]
+        return [self.parked.pop(sid).snapshot for sid in done]
 
     def live(self) -> list[MemoryBackend]:
         return [m for m in self.members.values() if m._node is not None]
@@ -107,14 +170,29 @@ class MemoryBackend:
         self.hub.members[self._node_id] = self
         try:
             task_status.started()
-            await stopped.wait()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._expiry, node)
+                await stopped.wait()
+                tg.cancel_scope.cancel()
         finally:
             self._leave()
+
+    async def _expiry(self, node: Node) -> None:
+        """End the hub's parked sessions whose window passed (whichever node looks first)."""
+        while True:
+            await anyio.sleep(EXPIRY_PERIOD)
+            for snapshot in self.hub.expire(time.monotonic()):
+                node.ended(snapshot)
 
     async def stop(self, timeout: float = 5.0) -> None:
         self._leave()
 
     def _leave(self) -> None:
+        if self._node is not None:
+            left = self.hub.left
+            left[self._node_id] = None
+            while len(left) > MAX_TOKEN_RECORDS:
+                left.popitem(last=False)
         self._node = None
         self._groups.clear()
         self._clients.clear()
@@ -145,6 +223,8 @@ class MemoryBackend:
             node = member._node
             if node is not None:
                 node.deliver(publication)
+        if self.hub.parked:
+            self.hub.mail(publication)
 
     async def subscribe(self, group: str) -> None:
         if self._node is not None:
@@ -196,3 +276,80 @@ class MemoryBackend:
 
     async def generation(self, session_id: str) -> int | None:
         return self.hub.generation(session_id)
+
+    # -- moving sessions between nodes (synchronous on a hub: every step is in order)
+
+    async def park(self, requests: Sequence[ParkRequest]) -> set[str]:
+        node = self._node
+        if node is None or not requests:
+            return set()
+        wanted = {r.session_id: r for r in requests if r.session_id not in self.hub.parked}
+        taken = node.take(list(wanted))
+        now = time.monotonic()
+        for session_id, snapshot in taken.items():
+            r = wanted[session_id]
+            generation, confirmed = json.loads(snapshot)["gen"]
+            self.hub.parked[session_id] = _Parked(
+                snapshot,
+                frozenset(r.groups),
+                now + r.ttl,
+                r.max_messages,
+                r.max_bytes,
+                int(generation),
+                bool(confirmed),
+            )
+        return set(taken)
+
+    async def locate(self, session_id: str) -> Whereabouts:
+        parked = self.hub.parked.get(session_id)
+        if parked is not None:
+            return Whereabouts("parked", None, tuple(sorted(parked.groups)))
+        return Whereabouts("", self.hub.owners.get(session_id))
+
+    async def claim(
+        self,
+        session_id: str,
+        generation: int,
+        ttl: float,
+        adopt: Callable[[Handover], None],
+    ) -> str | None:
+        hub = self.hub
+        parked = hub.parked.get(session_id)
+        if parked is None:
+            current = hub.generation(session_id)
+            if current is not None and current > generation + 1:
+                return "invalid"
+            return "moved" if session_id in hub.owners else "missing"
+        current_gen = parked.generation
+        if not (
+            generation == current_gen or (not parked.confirmed and generation == current_gen - 1)
+        ):
+            return "invalid"
+        del hub.parked[session_id]
+        hub.claim_token(session_id, generation, ttl)
+        hub.owners[session_id] = self._node_id
+        hub.owners.move_to_end(session_id)
+        while len(hub.owners) > MAX_TOKEN_RECORDS:
+            hub.owners.popitem(last=False)
+        adopt(Handover(parked.snapshot, tuple(parked.mailbox), parked.gap))
+        return None
+
+    async def append(self, session_id: str, payload: Payload) -> bool:
+        parked = self.hub.parked.get(session_id)
+        if parked is None:
+            return False
+        parked.put(payload)
+        return True
+
+    async def fate(self, node_id: str, window: float) -> str:
+        # Nodes on a hub leave only cleanly (one process: a crash takes the hub with it).
+        return "expired" if node_id in self.hub.left else "lost"
+
+    async def hand_over(self, node_id: str, session_id: str, generation: int) -> str:
+        member = self.hub.members.get(node_id)
+        node = None if member is None else member._node
+        if node is None:
+            return "gone"
+        with anyio.move_on_after(2 * self._timeout):
+            return await node.hand_over(session_id, generation)
+        return "timeout"

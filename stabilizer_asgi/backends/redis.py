@@ -39,7 +39,8 @@ import random
 import secrets
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -48,7 +49,17 @@ import anyio.abc
 from .. import logging as _log
 from ..core.backoff import Backoff
 from ..exceptions import ConfigError
-from .base import BackendStatus, Command, Node, NodeInfo, Payload, Publication
+from .base import (
+    BackendStatus,
+    Command,
+    Handover,
+    Node,
+    NodeInfo,
+    ParkRequest,
+    Payload,
+    Publication,
+    Whereabouts,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -65,12 +76,196 @@ MAX_BATCH = 512
 _RECONNECT = Backoff(base=0.05, cap=0.5)
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
-# KEYS: stream, channel. ARGV: maxlen, ttl ms, message.
-_PUBLISH = """
+# Appends one frame to a parked session's mailbox (bounded; overflow marks a gap and frees it).
+# Used by _PUBLISH (per parked recipient) and _APPEND (a `send`). Repeats of one publication
+# (a batch sent again) are recognised by the origin's sequence number.
+_MAILBOX = """
+local function mailbox(prefix, sid, entry, size, origin, seq)
+  local rec = prefix .. ':park:' .. sid
+  local f = redis.call('HMGET', rec, 'st', 'o', 'n', 'nb', 'mm', 'mb', 'gap')
+  if not f[1] then return false end
+  if f[1] == '1' and origin ~= '' and f[2] == origin then return true end
+  if f[7] == '1' then return true end
+  if origin ~= '' then
+    local last = tonumber(redis.call('HGET', rec, 's:' .. origin) or '0')
+    if seq <= last then return true end
+    redis.call('HSET', rec, 's:' .. origin, seq)
+  end
+  local box = prefix .. ':mb:' .. sid
+  if tonumber(f[3]) + 1 > tonumber(f[5]) or tonumber(f[4]) + size > tonumber(f[6]) then
+    redis.call('HSET', rec, 'gap', '1')
+    redis.call('DEL', box)
+    return true
+  end
+  redis.call('RPUSH', box, entry)
+  redis.call('HINCRBY', rec, 'n', 1)
+  redis.call('HINCRBY', rec, 'nb', size)
+  redis.call('PEXPIRE', box, redis.call('PTTL', rec))
+  return true
+end
+"""
+# KEYS: stream, channel, the topic's parked set. ARGV: maxlen, ttl ms, message, prefix.
+_PUBLISH = (
+    _MAILBOX
+    + """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PUBLISH', KEYS[2], id .. '\\n' .. ARGV[3])
+local parked = redis.call('SMEMBERS', KEYS[3])
+if #parked > 0 then
+  local nl = string.find(ARGV[3], '\\n', 1, true)
+  local header = cjson.decode(string.sub(ARGV[3], 1, nl - 1))
+  local body = string.sub(ARGV[3], nl + 1)
+  local entry = (header['b'] == 1 and 'b' or 't') .. body
+  local skip = {}
+  if header['x'] then for _, x in ipairs(header['x']) do skip[x] = true end end
+  for _, sid in ipairs(parked) do
+    if not skip[sid] then
+      if not mailbox(ARGV[4], sid, entry, #body, header['o'], tonumber(header['s'])) then
+        redis.call('SREM', KEYS[3], sid)
+      end
+    end
+  end
+end
 return id
+"""
+)
+# ARGV: prefix, session id, entry, size.
+_APPEND = (
+    _MAILBOX
+    + """
+if mailbox(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), '', 0) then return 1 end
+return 0
+"""
+)
+# Starts parking sessions and publishes the park's marker in the same step, so the node's reader
+# meets the marker exactly where the parks took effect in the publication order.
+# ARGV: prefix, owner, marker message, then per session: id, groups (JSON array), ttl ms,
+# max messages, max bytes. Returns 1/0 per session (0: already parked).
+_PARK_BEGIN = """
+local p = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i = 4, #ARGV, 5 do
+  local sid = ARGV[i]
+  local rec = p .. ':park:' .. sid
+  if redis.call('EXISTS', rec) == 1 then
+    out[#out + 1] = 0
+  else
+    local ttl = tonumber(ARGV[i + 2])
+    redis.call('HSET', rec, 'o', ARGV[2], 'st', '1', 'n', 0, 'nb', 0, 'mm', ARGV[i + 3],
+      'mb', ARGV[i + 4], 'gap', '0', 'g', ARGV[i + 1])
+    redis.call('PEXPIRE', rec, ttl + 60000)
+    redis.call('SADD', p .. ':pk:*', sid)
+    for _, g in ipairs(cjson.decode(ARGV[i + 1])) do
+      redis.call('SADD', p .. ':pk:g:' .. g, sid)
+    end
+    redis.call('ZADD', p .. ':parked', now + ttl, sid)
+    out[#out + 1] = 1
+  end
+end
+redis.call('PUBLISH', p .. ':n:' .. ARGV[2], ARGV[3])
+return out
+"""
+# Forget a park record (its session is claimed, expired, or was not taken). ARGV: prefix, sid.
+_UNPARK = """
+local function unpark(p, sid)
+  local rec = p .. ':park:' .. sid
+  local groups = redis.call('HGET', rec, 'g')
+  redis.call('DEL', rec, p .. ':mb:' .. sid)
+  redis.call('SREM', p .. ':pk:*', sid)
+  if groups then
+    for _, g in ipairs(cjson.decode(groups)) do redis.call('SREM', p .. ':pk:g:' .. g, sid) end
+  end
+  redis.call('ZREM', p .. ':parked', sid)
+end
+"""
+# ARGV: prefix, owner, session id, snapshot ('' = not taken: forget it), generation, confirmed.
+_PARK_END = (
+    _UNPARK
+    + """
+local rec = ARGV[1] .. ':park:' .. ARGV[3]
+local f = redis.call('HMGET', rec, 'o', 'st')
+if f[1] ~= ARGV[2] or f[2] ~= '1' then return 0 end
+if ARGV[4] == '' then unpark(ARGV[1], ARGV[3]) return 0 end
+redis.call('HSET', rec, 'st', '2', 'snap', ARGV[4], 'gen', ARGV[5], 'conf', ARGV[6])
+return 1
+"""
+)
+# ARGV: prefix, session id.
+_LOCATE = """
+local f = redis.call('HMGET', ARGV[1] .. ':park:' .. ARGV[2], 'st', 'o', 'g')
+local own = redis.call('GET', ARGV[1] .. ':own:' .. ARGV[2])
+return {f[1] or '', f[2] or own or '', f[3] or '[]'}
+"""
+# Claims a parked session; sent through the claiming node's outbox, so it is ordered after that
+# node's earlier publications. The reply is kept under the claim's id for a minute: a batch
+# sent again (its outcome unknown) gets the same answer instead of finding the session gone.
+# ARGV: prefix, claiming node, session id, presented generation, ttl ms, marker, claim id.
+_CLAIM = (
+    _UNPARK
+    + """
+local p = ARGV[1]
+local sid = ARGV[3]
+local kept = p .. ':claimed:' .. ARGV[7]
+if redis.call('EXISTS', kept) == 1 then return redis.call('LRANGE', kept, 0, -1) end
+local rec = p .. ':park:' .. sid
+local f = redis.call('HMGET', rec, 'st', 'snap', 'gen', 'conf', 'gap')
+local g = tonumber(ARGV[4])
+if not f[1] then
+  local cur = tonumber(redis.call('GET', p .. ':gen:' .. sid) or '-1')
+  if cur > g + 1 then return {'invalid'} end
+  if redis.call('EXISTS', p .. ':own:' .. sid) == 1 then return {'moved'} end
+  return {'missing'}
+end
+if f[1] ~= '2' then return {'parking'} end
+local G = tonumber(f[3])
+if not (g == G or (f[4] ~= '1' and g == G - 1)) then return {'invalid'} end
+local box = redis.call('LRANGE', p .. ':mb:' .. sid, 0, -1)
+unpark(p, sid)
+local cur = tonumber(redis.call('GET', p .. ':gen:' .. sid) or '-1')
+if g + 1 > cur then redis.call('SET', p .. ':gen:' .. sid, g + 1, 'PX', ARGV[5]) end
+redis.call('SET', p .. ':own:' .. sid, ARGV[2], 'PX', ARGV[5])
+redis.call('PUBLISH', p .. ':n:' .. ARGV[2], ARGV[6])
+local out = {'ok', f[2], f[5]}
+for _, e in ipairs(box) do out[#out + 1] = e end
+redis.call('RPUSH', kept, unpack(out))
+redis.call('PEXPIRE', kept, 60000)
+return out
+"""
+)
+# Parked sessions whose window passed: forgotten, their snapshots returned (at most ARGV[2]).
+# ARGV: prefix, limit.
+_EXPIRE_PARKED = (
+    _UNPARK
+    + """
+local p = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for _, sid in ipairs(redis.call('ZRANGEBYSCORE', p .. ':parked', '-inf', now, 'LIMIT', 0,
+    tonumber(ARGV[2]))) do
+  local f = redis.call('HMGET', p .. ':park:' .. sid, 'st', 'snap')
+  if f[1] == '2' and f[2] then out[#out + 1] = f[2] end
+  unpark(p, sid)
+end
+return out
+"""
+)
+# ARGV: prefix, node, window ms, how long a death is remembered (ms).
+_FATE = """
+if redis.call('EXISTS', ARGV[1] .. ':left:' .. ARGV[2]) == 1 then return 'expired' end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local key = ARGV[1] .. ':dead:' .. ARGV[2]
+local died = redis.call('GET', key)
+if not died then
+  redis.call('SET', key, now, 'PX', ARGV[4])
+  return 'lost'
+end
+if now - tonumber(died) > tonumber(ARGV[3]) then return 'expired' end
+return 'lost'
 """
 # KEYS: nodes zset. ARGV: prefix, node id, ttl ms, record (or "" to leave).
 # Returns the live nodes' ids and records, flattened.
@@ -82,6 +277,7 @@ local me = ARGV[2]
 if ARGV[4] == '' then
   redis.call('ZREM', KEYS[1], me)
   redis.call('DEL', ARGV[1] .. ':node:' .. me, ARGV[1] .. ':clients:' .. me)
+  redis.call('SET', ARGV[1] .. ':left:' .. me, '1', 'PX', 86400000)
 else
   redis.call('ZADD', KEYS[1], now + ttl, me)
   redis.call('SET', ARGV[1] .. ':node:' .. me, ARGV[4], 'PX', ttl)
@@ -131,6 +327,22 @@ return 1
 """
 
 
+def _mail(entry: bytes) -> Payload:
+    """A mailbox entry: "t" + UTF-8 text, or "b" + bytes."""
+    if entry[:1] == b"t":
+        return entry[1:].decode("utf-8", "surrogatepass")
+    return bytes(entry[1:])
+
+
+def _snapshot_generation(snapshot: bytes | None) -> tuple[int, int]:
+    """The token generation in a snapshot and whether it is confirmed (1/0), for the store's
+    claim check."""
+    if not snapshot:
+        return 0, 0
+    generation, confirmed = json.loads(snapshot)["gen"]
+    return int(generation), 1 if confirmed else 0
+
+
 def _power_of_ten(n: int) -> bool:
     while n >= 10 and n % 10 == 0:
         n //= 10
@@ -175,8 +387,49 @@ class _Pending:
     result: bool = False
 
 
-# Outbox entry kinds.
-_PUB, _RAW, _RELEASE, _PROBE = 0, 1, 2, 3
+# Outbox entry kinds. _END_PARK completes a park in publish order; _TAKE is a claim (its reply
+# goes to the waiting `_Claim`); _SIGNAL sets its event once everything before it was sent.
+_PUB, _RAW, _RELEASE, _PROBE, _END_PARK, _SIGNAL, _TAKE = 0, 1, 2, 3, 4, 5, 6
+# Parked sessions ended per presence round at most (by whichever node gets them first).
+EXPIRE_BATCH = 100
+# How long the cluster remembers that a node died (its sessions' resumes answer "lost" at once
+# instead of after a check, and "expired" once their window has passed).
+DEATH_MEMORY_MS = 86_400_000
+
+
+@dataclass
+class _Park:
+    """A park waiting for its point in this node's publication order."""
+
+    ids: list[str]
+    taken: dict[str, bytes] | None = None
+    reached: anyio.Event | None = None
+
+
+@dataclass
+class _Claim:
+    """A claim whose reply and whose point in the publication order are both awaited."""
+
+    adopt: Any
+    args: tuple[Any, ...]
+    status: str = ""
+    reply: Handover | None = None
+    replied: anyio.Event = field(default_factory=anyio.Event)
+    done: anyio.Event = field(default_factory=anyio.Event)
+    failed: bool = False
+
+    def answer(self, out: Any) -> None:
+        """The claim script's reply (the first one counts: a batch may be sent again)."""
+        if self.replied.is_set():
+            return
+        self.status = out[0].decode()
+        if self.status == "ok":
+            self.reply = Handover(
+                snapshot=bytes(out[1]),
+                mailbox=tuple(_mail(entry) for entry in out[3:]),
+                gap=out[2] == b"1",
+            )
+        self.replied.set()
 
 
 class RedisBackend:
@@ -271,6 +524,9 @@ class RedisBackend:
         self._nodes: dict[str, NodeInfo] = {}
         self._clients: dict[str, int] = {}
         self._pending: dict[str, _Pending] = {}
+        self._parks: dict[str, _Park] = {}
+        self._claims: dict[str, _Claim] = {}
+        self._handovers: dict[str, tuple[anyio.Event, list[str]]] = {}
         self.counters: dict[str, int] = {
             "published": 0,
             "received": 0,
@@ -281,6 +537,10 @@ class RedisBackend:
             "reconnects": 0,
             "deaf": 0,
             "epoch_changes": 0,
+            "parked": 0,
+            "claimed": 0,
+            "mailbox_appends": 0,
+            "parked_expired": 0,
         }
         self._scripts: dict[str, str] = {}
 
@@ -428,9 +688,9 @@ class RedisBackend:
         self.counters["published"] += 1
         self._enqueue(_PUB, topic, _encode(header, publication.payload))
 
-    def _enqueue(self, kind: int, target: Any, message: bytes) -> bool:
+    def _enqueue(self, kind: int, target: Any, message: bytes, *, force: bool = False) -> bool:
         size = len(message)
-        if (
+        if not force and (
             len(self._outbox) >= self._max_outbox
             or self._outbox_bytes + size > self._max_outbox_bytes
         ):
@@ -484,30 +744,51 @@ class RedisBackend:
             for _ in batch:
                 entry = outbox.popleft()
                 self._outbox_bytes -= entry[3]
+                if entry[0] == _SIGNAL:
+                    entry[1].set()
 
     async def _send_batch(self, batch: list[tuple[int, Any, bytes, int]]) -> None:
         redis = self._redis
         assert redis is not None
         sha = await self._sha(redis, "publish")
         release = await self._sha(redis, "release")
+        park_end = await self._sha(redis, "park_end")
+        claim_sha = await self._sha(redis, "claim")
         pipe = redis.pipeline(transaction=False)
         p = self._prefix
+        claims: list[tuple[int, _Claim]] = []
         for kind, target, message, _size in batch:
+            if kind == _TAKE:
+                claims.append((len(pipe), target))
+                pipe.evalsha(claim_sha, 0, p, self._node_id, *target.args)
+                continue
             if kind == _PUB:
                 pipe.evalsha(
                     sha,
-                    2,
+                    3,
                     f"{p}:h:{target}",
                     self._topic_prefix + target.encode(),
+                    f"{p}:pk:{target}",
                     self._history,
                     self._history_ttl_ms,
                     message,
+                    p,
                 )
             elif kind in (_RAW, _PROBE):
                 pipe.publish(target, message)
-            else:
+            elif kind == _END_PARK:
+                session_id, generation, confirmed = target
+                pipe.evalsha(
+                    park_end, 0, p, self._node_id, session_id, message, generation, confirmed
+                )
+            elif kind == _RELEASE:
                 pipe.evalsha(release, 1, self._clients_key, target)
+        if not len(pipe):
+            return
         results = await pipe.execute(raise_on_error=False)
+        for index, claim in claims:
+            if not isinstance(results[index], Exception):
+                claim.answer(results[index])
         for result in results:
             if isinstance(result, Exception):
                 if "NOSCRIPT" in str(result):
@@ -525,6 +806,13 @@ class RedisBackend:
                 "claim_client": _CLAIM_CLIENT,
                 "release": _RELEASE_CLIENT,
                 "claim_token": _CLAIM_TOKEN,
+                "append": _APPEND,
+                "park_begin": _PARK_BEGIN,
+                "park_end": _PARK_END,
+                "locate": _LOCATE,
+                "claim": _CLAIM,
+                "expire_parked": _EXPIRE_PARKED,
+                "fate": _FATE,
             }[name]
             sha = str(await redis.script_load(source))
             self._scripts[name] = sha
@@ -726,7 +1014,11 @@ class RedisBackend:
         elif channel == self._cmd_channel:
             self._on_command(*_decode(data))
         elif channel == self._node_channel:
-            self._on_direct(*_decode(data))
+            header, payload = _decode(data)
+            if header.get("k") == "claimed":
+                await self._claim_reached(header.get("r", ""))
+            else:
+                self._on_direct(header, payload)
 
     async def _confirm(self, channel: bytes) -> None:
         """A group subscription made while live is in place: note where its stream stands."""
@@ -881,6 +1173,18 @@ class RedisBackend:
         kind = header.get("k")
         if kind == "probe":
             self._probe_pending_since = None
+        elif kind == "parked":
+            self._park_reached(header.get("r", ""))
+        elif kind == "ho":
+            tg = self._tg
+            origin, rid = header.get("f"), header.get("r")
+            if tg is not None and isinstance(origin, str) and isinstance(rid, str):
+                tg.start_soon(self._hand_over_for, origin, rid, header.get("t"), header.get("g"))
+        elif kind == "hr":
+            waiting = self._handovers.get(header.get("r", ""))
+            if waiting is not None:
+                waiting[1].append(str(header.get("v")))
+                waiting[0].set()
         elif kind == "re":
             pending = self._pending.get(header.get("r", ""))
             if pending is None:
@@ -942,6 +1246,7 @@ class RedisBackend:
                 try:
                     with anyio.fail_after(self._timeout):
                         await self._presence_round(redis)
+                        await self._expire_parked(redis)
                 except Exception as exc:
                     self._down("write", exc)
             pending = self._probe_pending_since
@@ -1027,6 +1332,258 @@ class RedisBackend:
             self._down("write", exc)
             return True
         return bool(result)
+
+    # -- moving sessions between nodes (see base.SessionStore and the module docstring)
+
+    async def park(self, requests: Sequence[ParkRequest]) -> set[str]:
+        redis = self._redis
+        parked: set[str] = set()
+        if redis is None or self._node is None or not requests:
+            return parked
+        for start in range(0, len(requests), MAX_BATCH):
+            chunk = requests[start : start + MAX_BATCH]
+            parked |= await self._park_chunk(redis, chunk)
+        return parked
+
+    async def _park_chunk(self, redis: Redis, chunk: Sequence[ParkRequest]) -> set[str]:
+        rid = secrets.token_hex(8)
+        park = self._parks[rid] = _Park([], reached=anyio.Event())
+        args: list[Any] = [self._prefix, self._node_id, _encode({"k": "parked", "r": rid}, None)]
+        for r in chunk:
+            args += [
+                r.session_id,
+                _dumps(list(r.groups)),
+                max(1, int(r.ttl * 1000)),
+                r.max_messages,
+                r.max_bytes,
+            ]
+        try:
+            with anyio.fail_after(self._timeout):
+                started = await self._script(redis, "park_begin", [], *args)
+            park.ids.extend(r.session_id for r, ok in zip(chunk, started, strict=True) if ok)
+            if not park.ids:
+                return set()
+            # The park's point in the publication order is its marker: this node's reader
+            # delivers everything published before it to the sessions here, then takes them.
+            with anyio.fail_after(self._timeout):
+                assert park.reached is not None
+                await park.reached.wait()
+                done = anyio.Event()
+                self._enqueue(_SIGNAL, done, b"", force=True)
+                await done.wait()
+        except Exception as exc:
+            self._down("write", exc)
+            _log.event(
+                logger,
+                _log.CLUSTER_PARK_FAILED,
+                level=logging.ERROR,
+                node=self._node_id,
+                sessions=len(chunk),
+                error=type(exc).__name__,
+            )
+            return set(park.taken or ())  # taken: their parks complete when Redis returns
+        finally:
+            del self._parks[rid]
+        taken = park.taken or {}
+        self.counters["parked"] += len(taken)
+        return set(taken)
+
+    def _park_reached(self, rid: str) -> None:
+        """The park's marker: take the sessions (snapshots) and complete the park in order."""
+        park = self._parks.get(rid)
+        node = self._node
+        if park is None or park.reached is None or park.reached.is_set():
+            return
+        taken = node.take(park.ids) if node is not None else {}
+        park.taken = taken
+        for session_id in park.ids:
+            snapshot = taken.get(session_id)
+            generation, confirmed = _snapshot_generation(snapshot)
+            self._enqueue(
+                _END_PARK,
+                (session_id, generation, confirmed),
+                snapshot or b"",
+                force=True,
+            )
+        park.reached.set()
+
+    async def locate(self, session_id: str) -> Whereabouts:
+        redis = self._redis
+        if redis is None:
+            return Whereabouts()
+        try:
+            with anyio.fail_after(self._timeout):
+                state, owner, groups = await self._script(
+                    redis, "locate", [], self._prefix, session_id
+                )
+        except Exception as exc:
+            self._down("write", exc)
+            return Whereabouts(state="unreachable")
+        state = {b"1": "parking", b"2": "parked"}.get(state, "")
+        return Whereabouts(
+            state=state,
+            owner=owner.decode() or None,
+            groups=tuple(str(g) for g in json.loads(groups)),
+        )
+
+    async def claim(
+        self,
+        session_id: str,
+        generation: int,
+        ttl: float,
+        adopt: Callable[[Handover], None],
+    ) -> str | None:
+        if self._redis is None or self._node is None:
+            return "unreachable"
+        rid = secrets.token_hex(8)
+        marker = _encode({"k": "claimed", "r": rid}, None)
+        claim = self._claims[rid] = _Claim(
+            adopt, (session_id, generation, max(1, int(ttl * 1000)), marker, rid)
+        )
+        # Through the outbox: ordered after every publication this node made before the call
+        # (those reached the mailbox); what it publishes from now until `adopt` is the
+        # caller's to hand to the session (see `SessionStore.claim`).
+        self._enqueue(_TAKE, claim, b"", force=True)
+        try:
+            with anyio.move_on_after(self._timeout):
+                await claim.replied.wait()
+            if not claim.replied.is_set():
+                return "unreachable"
+            if claim.status != "ok":
+                return claim.status
+            # Adopted by the reader at the claim's point in the publication order.
+            with anyio.move_on_after(self._timeout):
+                await claim.done.wait()
+            if not claim.done.is_set():
+                _log.event(
+                    logger,
+                    _log.CLUSTER_PARK_FAILED,
+                    level=logging.ERROR,
+                    node=self._node_id,
+                    sessions=1,
+                    error="claimed session not adopted in time",
+                )
+                return "unreachable"
+            self.counters["claimed"] += 1
+            return None
+        finally:
+            claim.failed = True  # a late marker adopts nothing
+            del self._claims[rid]
+
+    async def _claim_reached(self, rid: str) -> None:
+        """The claim's marker: nothing published after it is delivered before the session is
+        adopted here (the reader waits for the claim's reply, which is already on its way)."""
+        claim = self._claims.get(rid)
+        if claim is None or claim.done.is_set():
+            return
+        with anyio.move_on_after(self._timeout):
+            await claim.replied.wait()
+        if claim.failed or claim.reply is None:
+            return
+        try:
+            claim.adopt(claim.reply)
+        except Exception:
+            logger.exception("adopting a claimed session failed")
+            return
+        claim.done.set()
+
+    async def append(self, session_id: str, payload: Payload) -> bool:
+        redis = self._redis
+        if redis is None:
+            return False
+        if isinstance(payload, str):
+            entry = b"t" + payload.encode("utf-8", "surrogatepass")
+        else:
+            entry = b"b" + bytes(payload)
+        try:
+            with anyio.fail_after(self._timeout):
+                done = await self._script(
+                    redis, "append", [], self._prefix, session_id, entry, len(entry) - 1
+                )
+        except Exception as exc:
+            self._down("write", exc)
+            return False
+        if done:
+            self.counters["mailbox_appends"] += 1
+        return bool(done)
+
+    async def fate(self, node_id: str, window: float) -> str:
+        redis = self._redis
+        if redis is None:
+            return "lost"
+        try:
+            with anyio.fail_after(self._timeout):
+                answer = await self._script(
+                    redis,
+                    "fate",
+                    [],
+                    self._prefix,
+                    node_id,
+                    max(1, int(window * 1000)),
+                    DEATH_MEMORY_MS,
+                )
+        except Exception as exc:
+            self._down("write", exc)
+            return "lost"
+        return answer.decode() if isinstance(answer, bytes) else str(answer)
+
+    async def hand_over(self, node_id: str, session_id: str, generation: int) -> str:
+        redis = self._redis
+        if redis is None or self._node is None:
+            return "timeout"
+        rid = secrets.token_hex(8)
+        answer: list[str] = []
+        event = anyio.Event()
+        self._handovers[rid] = (event, answer)
+        message = _encode(
+            {"k": "ho", "r": rid, "f": self._node_id, "t": session_id, "g": generation}, None
+        )
+        channel = f"{self._prefix}:n:{node_id}".encode()
+        try:
+            # Nobody listening on the node's channel: it is gone (or its subscription is being
+            # rebuilt, which takes well under the timeout): asked again until the timeout.
+            with anyio.move_on_after(self._timeout):
+                while True:
+                    try:
+                        receivers = await redis.publish(channel, message)
+                    except Exception as exc:
+                        self._down("write", exc)
+                        receivers = 0
+                    if receivers:
+                        break
+                    await anyio.sleep(0.05)
+            if not receivers:
+                return "gone"
+            # Its answer may wait for an old connection to close and for the park.
+            with anyio.move_on_after(2 * self._timeout):
+                await event.wait()
+            return answer[0] if answer else "timeout"
+        finally:
+            del self._handovers[rid]
+
+    async def _hand_over_for(self, origin: str, rid: str, session_id: object, gen: object) -> None:
+        node = self._node
+        result = "unknown"
+        if node is not None and isinstance(session_id, str) and isinstance(gen, int):
+            try:
+                result = await node.hand_over(session_id, gen)
+            except Exception:
+                logger.exception("cluster hand-over failed")
+                result = "lost"
+        reply = _encode({"k": "hr", "r": rid, "f": self._node_id, "v": result}, None)
+        self._enqueue(_RAW, f"{self._prefix}:n:{origin}".encode(), reply, force=True)
+
+    async def _expire_parked(self, redis: Redis) -> None:
+        """End the parked sessions whose window passed (each by exactly one node)."""
+        snapshots = await self._script(redis, "expire_parked", [], self._prefix, EXPIRE_BATCH)
+        node = self._node
+        for snapshot in snapshots:
+            self.counters["parked_expired"] += 1
+            if node is not None:
+                try:
+                    node.ended(bytes(snapshot))
+                except Exception:
+                    logger.exception("ending an expired parked session failed")
 
     async def generation(self, session_id: str) -> int | None:
         redis = self._redis

@@ -2,7 +2,10 @@
 
 A token reads ``"{session_id}.{generation}.{kid}.{mac}"``: the session id (URL-safe base64), the
 session's token generation in decimal, the id of the signing key (first 8 hex digits of its
-SHA-256) and the HMAC-SHA256 tag in unpadded URL-safe base64. Every character is in
+SHA-256) and the HMAC-SHA256 tag in unpadded URL-safe base64. In cluster mode a token also names
+the node that issued it (the one holding the session), as a third part:
+``"{session_id}.{generation}.{node}.{kid}.{mac}"``, so any node can ask that one for the session
+(or tell that it died). The node is covered by the tag. Every character is in
 ``A-Za-z0-9-_.``, so a token travels in a query string as is.
 
 This module signs and verifies, and decides which generations a resume may spend
@@ -49,6 +52,7 @@ _MAX_GENERATION_DIGITS = len(str(MAX_GENERATION))
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]+")
 _GENERATION = re.compile(r"0|[1-9][0-9]*")
 _KID = re.compile(r"[0-9a-f]{8}")
+_NODE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _MAC_TEXT = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -138,8 +142,9 @@ class TokenSigner:
         """The ids of all verifying keys, signing key first."""
         return list(self._verifying)
 
-    def sign(self, session_id: str, generation: int) -> str:
-        """A token for ``session_id`` at ``generation``; raises ``ValueError`` on bad input."""
+    def sign(self, session_id: str, generation: int, node: str = "") -> str:
+        """A token for ``session_id`` at ``generation`` issued by ``node`` (cluster mode; ""
+        leaves it out); raises ``ValueError`` on bad input."""
         if not isinstance(session_id, str) or not _SESSION_ID.fullmatch(session_id):
             raise ValueError("session_id must be a non-empty URL-safe base64 string")
         if (
@@ -148,14 +153,25 @@ class TokenSigner:
             or not 0 <= generation <= MAX_GENERATION
         ):
             raise ValueError(f"generation must be an int in [0, {MAX_GENERATION}]")
-        mac = _mac_text(self._signing, session_id, generation, self._kid)
-        token = f"{session_id}.{generation}.{self._kid}.{mac}"
+        if node and not _NODE.fullmatch(node):
+            raise ValueError("node must be 1-64 characters of A-Za-z0-9_-")
+        mac = _mac_text(self._signing, session_id, generation, self._kid, node)
+        middle = f"{node}.{self._kid}" if node else self._kid
+        token = f"{session_id}.{generation}.{middle}.{mac}"
         if len(token) > MAX_TOKEN_LENGTH:
             raise ValueError("session_id is too long to fit in a token")
         return token
 
     def verify(self, token: object) -> tuple[str, int]:
         """``(session_id, generation)`` of a genuine token; else ``InvalidTokenError``.
+
+        Never raises anything else, whatever the input."""
+        session_id, generation, _node = self.verify_node(token)
+        return session_id, generation
+
+    def verify_node(self, token: object) -> tuple[str, int, str]:
+        """``(session_id, generation, node)`` of a genuine token (node "" when it names none);
+        else ``InvalidTokenError``.
 
         Never raises anything else, whatever the input. Error messages say what is wrong, never
         the token or a key.
@@ -167,9 +183,15 @@ class TokenSigner:
         if not token.isascii():
             raise InvalidTokenError("token contains non-ASCII characters")
         parts = token.split(".")
-        if len(parts) != 4:
-            raise InvalidTokenError("token does not have 4 dot-separated parts")
-        session_id, generation_text, kid, mac = parts
+        if len(parts) == 5:
+            session_id, generation_text, node, kid, mac = parts
+            if not _NODE.fullmatch(node):
+                raise InvalidTokenError("token has a malformed node")
+        elif len(parts) == 4:
+            session_id, generation_text, kid, mac = parts
+            node = ""
+        else:
+            raise InvalidTokenError("token does not have 4 or 5 dot-separated parts")
         if not _SESSION_ID.fullmatch(session_id):
             raise InvalidTokenError("token has a malformed session id")
         if not _GENERATION.fullmatch(generation_text):
@@ -190,9 +212,9 @@ class TokenSigner:
         # Comparing the canonical text (not decoded bytes) also rejects the non-canonical
         # encodings whose spare low bits would otherwise let a one-character change verify.
         for keyed in candidates:
-            expected = _mac_text(keyed, session_id, generation, kid).encode("ascii")
+            expected = _mac_text(keyed, session_id, generation, kid, node).encode("ascii")
             if hmac.compare_digest(expected, given):
-                return session_id, generation
+                return session_id, generation, node
         raise InvalidTokenError("token signature does not match")
 
 
@@ -215,12 +237,18 @@ def after_resume(generation: int, presented: int) -> int:
     return generation + 1 if presented == generation else generation
 
 
-def _mac_text(keyed: hmac.HMAC, session_id: str, generation: int, kid: str) -> str:
+def _mac_text(keyed: hmac.HMAC, session_id: str, generation: int, kid: str, node: str) -> str:
     raw_id = session_id.encode("ascii")
     mac = keyed.copy()
-    # Length-prefixed and fixed-width fields: no two (session, generation, kid) share an input.
+    # Length-prefixed and fixed-width fields: no two (session, generation, kid, node) share an
+    # input. A token without a node is MACed exactly as before nodes existed.
     mac.update(len(raw_id).to_bytes(2, "big"))
     mac.update(raw_id)
     mac.update(generation.to_bytes(8, "big"))
     mac.update(kid.encode("ascii"))
+    if node:
+        raw_node = node.encode("ascii")
+        mac.update(b"\x00node")
+        mac.update(len(raw_node).to_bytes(2, "big"))
+        mac.update(raw_node)
     return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")

@@ -2,7 +2,8 @@
 
 Settings come from the environment: STABILIZER_TEST_BACKEND (a redis:// URL),
 STABILIZER_TEST_CLUSTER (cluster_name), STABILIZER_TEST_PROBE (probe_interval),
-STABILIZER_TEST_DUPLICATE (duplicate_client). HTTP routes drive the manager the way an app's
+STABILIZER_TEST_DUPLICATE (duplicate_client), STABILIZER_TEST_TIMEOUT (cluster_timeout).
+HTTP routes drive the manager the way an app's
 own routes or background jobs would.
 """
 
@@ -21,14 +22,17 @@ from stabilizer_asgi import Stabilizer, StabilizerMiddleware
 
 
 async def ws(websocket: WebSocket) -> None:
-    """Tells the client its session id, then stays until the client leaves."""
+    """Tells a plain client its session id; echoes what an opted-in client sends ("echo:" +
+    text); stays until the client leaves."""
     await websocket.accept()
     me = websocket.state.stabilizer_session
     if not me.opted_in:
         await websocket.send_json({"me": me.id})
     try:
         while True:
-            await websocket.receive_text()
+            text = await websocket.receive_text()
+            if me.opted_in:
+                await websocket.send_text("echo:" + text)
     except WebSocketDisconnect:
         pass
 
@@ -90,5 +94,6 @@ app = StabilizerMiddleware(
     probe_interval=float(os.environ.get("STABILIZER_TEST_PROBE", "1.0")),
     duplicate_client=os.environ.get("STABILIZER_TEST_DUPLICATE", "allow"),
     secret="cluster-e2e-secret",
+    cluster_timeout=float(os.environ.get("STABILIZER_TEST_TIMEOUT", "2.0")),
     heartbeat_interval=5.0,
 )

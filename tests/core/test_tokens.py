@@ -113,8 +113,8 @@ def test_sign_rejects_bad_input(session_id: str, generation: int) -> None:
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda t: t + "." + "x", "4 dot-separated parts"),
-        (lambda t: t.rsplit(".", 1)[0], "4 dot-separated parts"),
+        (lambda t: t + ".x.x", "4 or 5 dot-separated parts"),
+        (lambda t: t.rsplit(".", 1)[0], "4 or 5 dot-separated parts"),
         (lambda t: t[:-1], "malformed signature"),
         (lambda t: t + "A", "malformed signature"),
         (lambda t: t[:-3] + "a+b", "malformed signature"),
@@ -362,3 +362,20 @@ def test_no_token_older_than_the_previous_one_is_spendable() -> None:
         assert not spendable(generation, False, generation - 2)
         assert not spendable(generation, False, generation + 1)
         assert not spendable(generation, True, generation - 1)
+
+
+def test_a_cluster_token_names_its_node_and_the_tag_covers_it() -> None:
+    """A token signed with a node verifies to that node; moving it to another node breaks it."""
+    signer = TokenSigner([KEY])
+    token = signer.sign(SESSION, 3, "node-a")
+    assert token.count(".") == 4
+    assert signer.verify_node(token) == (SESSION, 3, "node-a")
+    assert signer.verify(token) == (SESSION, 3)
+    with pytest.raises(InvalidTokenError, match="does not match"):
+        signer.verify_node(token.replace(".node-a.", ".node-b."))
+    with pytest.raises(InvalidTokenError, match="malformed node"):
+        signer.verify_node(token.replace(".node-a.", ".no de."))
+    plain = signer.sign(SESSION, 3)
+    assert signer.verify_node(plain) == (SESSION, 3, "")
+    # Without a node, the token is exactly what it was before nodes existed.
+    assert plain.count(".") == 3
