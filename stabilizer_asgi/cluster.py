@@ -20,7 +20,7 @@ import anyio
 import anyio.abc
 
 from . import logging as _log
-from .backends import Backend, Command, MemoryBackend, Payload, Publication
+from .backends import Backend, Command, MemoryBackend, Parcel, Payload, Publication
 
 logger = logging.getLogger("stabilizer_asgi")
 
@@ -36,7 +36,7 @@ class Cluster:
         execute: Callable[[Command], Awaitable[bool | None]],
         lost: Callable[[str | None], object],
         connections: Callable[[], int],
-        take: Callable[[Sequence[str]], dict[str, bytes]],
+        take: Callable[[Sequence[str]], dict[str, Parcel]],
         hand_over: Callable[[str, int], Awaitable[str]],
         ended: Callable[[bytes], object],
     ) -> None:
@@ -136,7 +136,7 @@ class Cluster:
     def connections(self) -> int:
         return self._connections()
 
-    def take(self, session_ids: Sequence[str]) -> dict[str, bytes]:
+    def take(self, session_ids: Sequence[str]) -> dict[str, Parcel]:
         return self._take(session_ids)
 
     async def hand_over(self, session_id: str, generation: int) -> str:

@@ -23,7 +23,7 @@ from .asgi.connection import (
     offer_one,
     payload_of,
 )
-from .backends import Command, Handover, ParkRequest, Payload, create_backend
+from .backends import Command, Handover, Parcel, ParkRequest, Payload, create_backend
 from .cluster import Cluster
 from .config import StabilizerConfig
 from .core import snapshot, wire
@@ -565,10 +565,10 @@ class Stabilizer:
             return 0
         return len(await self.backend.store.park(requests))
 
-    def _take(self, session_ids: Sequence[str]) -> dict[str, bytes]:
+    def _take(self, session_ids: Sequence[str]) -> dict[str, Parcel]:
         """`Node.take`: snapshot these detached sessions and let go of them (no end: no
         `on_disconnect`, no tombstone; they live on in the cluster store)."""
-        taken: dict[str, bytes] = {}
+        taken: dict[str, Parcel] = {}
         why = "drain" if self._draining else "hand-over"
         for session_id in session_ids:
             session = self._registry.get(session_id)
@@ -581,7 +581,7 @@ class Stabilizer:
                     _log.NOT_MOVABLE, session, level=logging.WARNING, error=str(exc)
                 )
                 continue
-            taken[session_id] = blob
+            taken[session_id] = Parcel(blob, session._generation, session._token_confirmed)
             self._let_go(session)
             self.count_event("parked")
             self._session_event(_log.PARKED, session, why=why)
@@ -602,6 +602,11 @@ class Stabilizer:
                 return "invalid"  # a resume of it is being accepted here right now
             self._detach(conn)
             conn.abort(1000, "session resumed on another connection")
+            # What its app sends until it learns of the close goes to the session (see
+            # `Connection._to_session`): parked once the app has returned, with those frames.
+            with anyio.move_on_after(self.config.close_timeout):
+                while not conn.finished:  # noqa: ASYNC110 - the app's own unwinding
+                    await anyio.sleep(0.005)
         elif session.state is SessionState.DETACHED:
             detached_at = session._detached_at
             if detached_at is not None and _monotonic() - detached_at > self.config.resume_window:

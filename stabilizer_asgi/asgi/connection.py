@@ -107,6 +107,9 @@ class Connection:
         "_resume_reason",
         "_resume_token",
         "_requested_ack",
+        "_finished",
+        "_reads",
+        "_redirected",
         "_opened",
         "_app_closed",
         "_send_failed",
@@ -169,6 +172,11 @@ class Connection:
         # other nodes whether it was used).
         self._resume_token: str | None = None
         self._requested_ack: int | None = None
+        self._finished = False
+        # The app has called `receive` (it learns of a close there); frames it sent after the
+        # middleware's close that went to the session (`_redirect`).
+        self._reads = False
+        self._redirected = 0
         self._opened = False
         self._app_closed = False
         self._send_failed = False
@@ -181,6 +189,8 @@ class Connection:
 
     async def receive(self) -> Message:
         """The app's `receive`: control frames and limits handled, data passed through."""
+        if self._phase == OPEN:
+            self._reads = True  # (not for the `websocket.connect` an accept reads)
         if self.session._carry and self._phase == OPEN and self._closing is None:
             return self._take_carried()
         if self._inbox is not None:
@@ -407,6 +417,8 @@ class Connection:
         held = False
         if phase == OPEN and kind == "websocket.send":
             if self._closing is not None:
+                if self._reads and self._redirect(message):
+                    return
                 raise WebSocketDisconnect(*self._closing)
             text = message.get("text")
             if text is not None:
@@ -465,6 +477,33 @@ class Connection:
             # Held for replay: it counts as sent even if this connection fails now,
             # so an app that retries on the error cannot cause a duplicate.
             self._send_failed = True
+
+    def _redirect(self, message: Message) -> bool:
+        """A frame the app sends after the middleware closed this connection (a drain, a
+        resume elsewhere) and before its `receive` told it so (typically the reply to the
+        last frame it took): it goes to the session, as a manager send would (kept for
+        replay while detached, or sent on the connection that resumed it). At most
+        `replay_buffer_messages` of them; an app that never calls `receive` (push-only)
+        learns of the close from `send` at once. False if the session cannot take it."""
+        session = self.session
+        if (
+            self._proto != "control"
+            or session._replay is None
+            or self._redirected >= self._mgr.config.replay_buffer_messages
+        ):
+            return False
+        self._redirected += 1
+        text = message.get("text")
+        if text is not None:
+            frame: Message = {"type": "websocket.send", "text": text}
+            size = _text_size(text)
+        else:
+            data = message.get("bytes")
+            if data is None:
+                return False
+            frame = {"type": "websocket.send", "bytes": data}
+            size = len(data)
+        return offer_one(session, frame, escaped(frame), size, _monotonic()) == DELIVERED
 
     async def _send_outside_open(self, phase: int, kind: object, message: Message) -> None:
         """The app's `send` before the handshake completes, or after the connection closed."""
@@ -830,8 +869,14 @@ class Connection:
             return None
         return next_at
 
+    @property
+    def finished(self) -> bool:
+        """The app has returned (`finish` ran)."""
+        return self._finished
+
     def finish(self) -> None:
         """The app returned: stop every background part of this connection."""
+        self._finished = True
         key = self._hb_key
         if key is not None:
             self._hb_key = None

@@ -77,6 +77,16 @@ class Handover:
 
 
 @dataclass(frozen=True, slots=True)
+class Parcel:
+    """A session taken for parking: its snapshot and its token generation (with whether the
+    client confirmed it), which the store checks a claim against."""
+
+    snapshot: bytes
+    generation: int
+    confirmed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Whereabouts:
     """What the cluster store knows of a session: `state` is "parked" (claimable), "parking"
     (its node is parking it right now) or "" (not parked); `owner` the node that last claimed
@@ -138,7 +148,7 @@ class Node(Protocol):
     def connections(self) -> int:
         """This node's open connections, reported to the cluster."""
 
-    def take(self, session_ids: Sequence[str]) -> dict[str, bytes]:
+    def take(self, session_ids: Sequence[str]) -> dict[str, Parcel]:
         """Parking: snapshot these sessions and let go of them, now (called at the park's point
         in the publication order). Returns the snapshots of those that could be taken (detached,
         no connection); the others stay."""

@@ -14,7 +14,6 @@ nothing is ever lost, so nothing is ever a gap.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -286,17 +285,16 @@ class MemoryBackend:
         wanted = {r.session_id: r for r in requests if r.session_id not in self.hub.parked}
         taken = node.take(list(wanted))
         now = time.monotonic()
-        for session_id, snapshot in taken.items():
+        for session_id, parcel in taken.items():
             r = wanted[session_id]
-            generation, confirmed = json.loads(snapshot)["gen"]
             self.hub.parked[session_id] = _Parked(
-                snapshot,
+                parcel.snapshot,
                 frozenset(r.groups),
                 now + r.ttl,
                 r.max_messages,
                 r.max_bytes,
-                int(generation),
-                bool(confirmed),
+                parcel.generation,
+                parcel.confirmed,
             )
         return set(taken)
 

@@ -55,6 +55,7 @@ from .base import (
     Handover,
     Node,
     NodeInfo,
+    Parcel,
     ParkRequest,
     Payload,
     Publication,
@@ -334,15 +335,6 @@ def _mail(entry: bytes) -> Payload:
     return bytes(entry[1:])
 
 
-def _snapshot_generation(snapshot: bytes | None) -> tuple[int, int]:
-    """The token generation in a snapshot and whether it is confirmed (1/0), for the store's
-    claim check."""
-    if not snapshot:
-        return 0, 0
-    generation, confirmed = json.loads(snapshot)["gen"]
-    return int(generation), 1 if confirmed else 0
-
-
 def _power_of_ten(n: int) -> bool:
     while n >= 10 and n % 10 == 0:
         n //= 10
@@ -402,7 +394,7 @@ class _Park:
     """A park waiting for its point in this node's publication order."""
 
     ids: list[str]
-    taken: dict[str, bytes] | None = None
+    taken: dict[str, Parcel] | None = None
     reached: anyio.Event | None = None
 
 
@@ -515,6 +507,7 @@ class RedisBackend:
         self._pubsub: PubSub | None = None
         self._reader_scope: anyio.CancelScope | None = None
         self._first_attempt: anyio.Event | None = None
+        self._finished = anyio.Event()
         self._live = False
         self._write_error: str | None = None
         self._read_error: str | None = None
@@ -586,6 +579,7 @@ class RedisBackend:
         self._node = node
         self._stopping = False
         self._first_attempt = anyio.Event()
+        self._finished = anyio.Event()
         self._redis = self._client(blocking=False)
         self._sub_redis = self._client(blocking=True)
         self._nodes = {self._node_id: NodeInfo(self._node_id, node.connections())}
@@ -614,6 +608,7 @@ class RedisBackend:
             self._pubsub = self._redis = self._sub_redis = None
             for pending in self._pending.values():
                 pending.done.set()
+            self._finished.set()
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Send what the outbox holds (up to `timeout`), leave the cluster, stop."""
@@ -647,6 +642,9 @@ class RedisBackend:
                 except Exception:
                     pass
         tg.cancel_scope.cancel()
+        # Returns once its connections are closed: no other node mistakes it for alive.
+        with anyio.move_on_after(2.0):
+            await self._finished.wait()
 
     def status(self) -> BackendStatus:
         problem = None
@@ -1397,14 +1395,16 @@ class RedisBackend:
         taken = node.take(park.ids) if node is not None else {}
         park.taken = taken
         for session_id in park.ids:
-            snapshot = taken.get(session_id)
-            generation, confirmed = _snapshot_generation(snapshot)
-            self._enqueue(
-                _END_PARK,
-                (session_id, generation, confirmed),
-                snapshot or b"",
-                force=True,
-            )
+            parcel = taken.get(session_id)
+            if parcel is None:  # not taken (resumed here meanwhile): the park is forgotten
+                self._enqueue(_END_PARK, (session_id, 0, 0), b"", force=True)
+            else:
+                self._enqueue(
+                    _END_PARK,
+                    (session_id, parcel.generation, 1 if parcel.confirmed else 0),
+                    parcel.snapshot,
+                    force=True,
+                )
         park.reached.set()
 
     async def locate(self, session_id: str) -> Whereabouts:
@@ -1563,8 +1563,13 @@ class RedisBackend:
 
     async def _hand_over_for(self, origin: str, rid: str, session_id: object, gen: object) -> None:
         node = self._node
-        result = "unknown"
-        if node is not None and isinstance(session_id, str) and isinstance(gen, int):
+        result = "gone" if self._stopping else "unknown"  # leaving: its sessions are parked
+        if (
+            node is not None
+            and not self._stopping
+            and isinstance(session_id, str)
+            and isinstance(gen, int)
+        ):
             try:
                 result = await node.hand_over(session_id, gen)
             except Exception:

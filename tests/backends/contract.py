@@ -19,6 +19,9 @@ from stabilizer_asgi.backends import (
     Backend,
     Broker,
     Command,
+    Handover,
+    Parcel,
+    ParkRequest,
     Presence,
     Publication,
     SessionStore,
@@ -37,6 +40,25 @@ class FakeNode:
         self.sessions: dict[str, list[Command]] = {}
         self.lost_groups: list[str | None] = []
         self.open = 0
+        # Detached sessions it may park (id → parcel), and what the store handed back.
+        self.detached: dict[str, Parcel] = {}
+        self.ended_snapshots: list[bytes] = []
+        self.adopted: list[Handover] = []
+
+    def take(self, session_ids: Any) -> dict[str, Parcel]:
+        return {sid: self.detached.pop(sid) for sid in session_ids if sid in self.detached}
+
+    async def hand_over(self, session_id: str, generation: int) -> str:
+        parcel = self.detached.get(session_id)
+        if parcel is None:
+            return "unknown"
+        if generation != parcel.generation:
+            return "invalid"
+        parked = await self.backend.store.park([request(session_id)])
+        return "parked" if session_id in parked else "lost"
+
+    def ended(self, snapshot: bytes) -> None:
+        self.ended_snapshots.append(snapshot)
 
     def deliver(self, publication: Publication) -> None:
         self.got.append(publication)
@@ -58,6 +80,12 @@ class FakeNode:
 
     def payloads(self) -> list[object]:
         return [p.payload for p in self.got]
+
+
+def request(
+    session_id: str, groups: tuple[str, ...] = (), ttl: float = 60.0, messages: int = 100
+) -> ParkRequest:
+    return ParkRequest(session_id, groups, ttl, messages, 1 << 20)
 
 
 @contextlib.asynccontextmanager
@@ -236,6 +264,107 @@ class ClusterContract:
             assert await b.backend.store.claim_token("sess", 1, 60) is True
             assert await a.backend.store.claim_token("sess", 1, 60) is False
             assert await a.backend.store.claim_token("sess", 0, 60) is False
+
+    async def test_a_parked_session_collects_its_mail_and_is_claimed_once(
+        self, new_backend: NewBackend
+    ) -> None:
+        """A parked session gets, in order, the publications for it (everyone's and its
+        groups', not those excluding it) and the frames appended to it; of racing claims on
+        two nodes one adopts it with all of that, the other is refused; then it is theirs."""
+        async with cluster(new_backend, 3) as (a, b, c):
+            a.detached["s1"] = Parcel(b"snapshot-1", 4, True)
+            assert await a.backend.store.park([request("s1", ("room",))]) == {"s1"}
+            assert "s1" not in a.detached
+            where = await c.backend.store.locate("s1")
+            assert where.state == "parked" and where.groups == ("room",)
+            broker = b.backend.broker
+            broker.publish(Publication("to all"))
+            broker.publish(Publication("to room", "room"))
+            broker.publish(Publication("to other", "other"))
+            broker.publish(Publication("not to s1", None, frozenset({"s1"})))
+            broker.publish(Publication(b"\x00bin", "room"))
+            broker.publish(Publication("end", None, frozenset({"s1"})))
+            await await_until(lambda: len(a.got) == 3, what="the publications reached a")
+            assert await c.backend.store.append("s1", "direct") is True
+            assert await c.backend.store.append("nobody", "x") is False
+            results: dict[str, str | None] = {}
+
+            async def claim(node: FakeNode) -> None:
+                results[node.backend.node_id] = await node.backend.store.claim(
+                    "s1", 4, 60, node.adopted.append
+                )
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(claim, b)
+                tg.start_soon(claim, c)
+            winners = [n for n in (b, c) if results[n.backend.node_id] is None]
+            assert len(winners) == 1, results
+            loser = c if winners[0] is b else b
+            assert results[loser.backend.node_id] in ("moved", "invalid")
+            assert loser.adopted == []
+            (handover,) = winners[0].adopted
+            assert handover.snapshot == b"snapshot-1" and handover.gap is False
+            assert list(handover.mailbox) == ["to all", "to room", b"\x00bin", "direct"]
+            where = await a.backend.store.locate("s1")
+            assert where.state == "" and where.owner == winners[0].backend.node_id
+            assert await a.backend.store.append("s1", "late") is False
+
+    async def test_a_claim_checks_the_token_generation(self, new_backend: NewBackend) -> None:
+        """A claim with a used token is refused ("invalid"); with the previous one it is
+        accepted only while the client has not confirmed the current one."""
+        async with cluster(new_backend, 2) as (a, b):
+            a.detached["s2"] = Parcel(b"x", 5, True)
+            a.detached["s3"] = Parcel(b"y", 5, False)
+            assert await a.backend.store.park([request("s2"), request("s3")]) == {"s2", "s3"}
+            assert await b.backend.store.claim("s2", 4, 60, b.adopted.append) == "invalid"
+            assert await b.backend.store.claim("s3", 4, 60, b.adopted.append) is None
+            assert await b.backend.store.claim("s2", 5, 60, b.adopted.append) is None
+            assert [h.snapshot for h in b.adopted] == [b"y", b"x"]
+
+    async def test_a_mailbox_that_overflows_is_a_gap(self, new_backend: NewBackend) -> None:
+        """More frames for a parked session than its bound: the claim says gap, with none of
+        them (never a partial mailbox)."""
+        async with cluster(new_backend, 2) as (a, b):
+            a.detached["s4"] = Parcel(b"z", 0, True)
+            assert await a.backend.store.park([request("s4", messages=3)]) == {"s4"}
+            for i in range(4):
+                assert await b.backend.store.append("s4", f"m{i}") is True
+            assert await b.backend.store.claim("s4", 0, 60, b.adopted.append) is None
+            assert b.adopted[0].gap is True and b.adopted[0].mailbox == ()
+
+    async def test_hand_over_asks_the_node_holding_the_session(
+        self, new_backend: NewBackend
+    ) -> None:
+        """`hand_over` reaches the named node, which parks the session for the asker; a node
+        that is not there answers "gone", and `fate` says what became of its sessions."""
+        async with cluster(new_backend, 3) as (a, b, c):
+            c.detached["s5"] = Parcel(b"w", 2, True)
+            broker = a.backend.broker
+            with anyio.fail_after(WAIT * 2):
+                assert await broker.hand_over(c.backend.node_id, "s5", 1) == "invalid"
+                assert await broker.hand_over(c.backend.node_id, "s5", 2) == "parked"
+            assert (await a.backend.store.locate("s5")).state == "parked"
+            gone = b.backend.node_id
+            await b.backend.stop()
+            with anyio.fail_after(WAIT * 4):
+                assert await broker.hand_over(gone, "s6", 0) == "gone"
+            assert await a.backend.store.fate(gone, 60) == "expired"  # it left cleanly
+
+    async def test_a_parked_session_whose_window_passes_ends_once(
+        self, new_backend: NewBackend
+    ) -> None:
+        """A parked session nobody claims is ended when its window passes, by exactly one
+        node of the cluster (the `ended` callback with its snapshot)."""
+        async with cluster(new_backend, 3) as nodes:
+            a = nodes[0]
+            a.detached["s7"] = Parcel(b"bye", 0, True)
+            assert await a.backend.store.park([request("s7", ttl=0.2)]) == {"s7"}
+            await await_until(
+                lambda: sum(len(n.ended_snapshots) for n in nodes) == 1, what="the end"
+            )
+            await anyio.sleep(0.5)
+            assert [s for n in nodes for s in n.ended_snapshots] == [b"bye"]
+            assert (await a.backend.store.locate("s7")).state == ""
 
     async def test_status_is_healthy_with_every_node(self, new_backend: NewBackend) -> None:
         """A started, connected node reports healthy status with the live nodes."""
