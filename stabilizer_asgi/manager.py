@@ -142,6 +142,8 @@ class Stabilizer:
         # was sent (neither in their mailbox nor delivered here yet): handed over at adoption.
         # Each is bounded like a replay buffer.
         self._arriving: dict[str, _Arriving] = {}
+        # Sessions being handed over to another node right now (at most one per session).
+        self._moving: dict[str, anyio.Event] = {}
         if cfg.otel:
             try:
                 from .otel import instrument
@@ -591,11 +593,27 @@ class Stabilizer:
         """`Node.hand_over`: another node has a resume of this session with a token of
         `generation`. Its connection here (half-open, or not noticed gone yet) is closed and
         the session parked for that node to claim: "parked", else why not."""
+        moving = self._moving.get(session_id)
+        if moving is not None:
+            # Another node's resume of it is being served (a racing resume): the session is
+            # being parked; the claims decide which node gets it.
+            with anyio.move_on_after(2 * self.config.cluster_timeout):
+                await moving.wait()
+            return "parked" if self._registry.get(session_id) is None else "lost"
         session = self._registry.get(session_id)
         if session is None:
             return "expired" if session_id in self._tombstones else "unknown"
         if not spendable(session._generation, session._token_confirmed, generation):
             return "invalid"
+        moving = self._moving[session_id] = anyio.Event()
+        try:
+            return await self._hand_over_now(session, generation)
+        finally:
+            del self._moving[session_id]
+            moving.set()
+
+    async def _hand_over_now(self, session: Session, generation: int) -> str:
+        session_id = session.id
         conn = session._conn
         if conn is not None:
             if conn.connecting:
@@ -603,7 +621,7 @@ class Stabilizer:
             self._detach(conn)
             conn.abort(1000, "session resumed on another connection")
             # What its app sends until it learns of the close goes to the session (see
-            # `Connection._to_session`): parked once the app has returned, with those frames.
+            # `Connection._redirect`): parked once the app has returned, with those frames.
             with anyio.move_on_after(self.config.close_timeout):
                 while not conn.finished:  # noqa: ASYNC110 - the app's own unwinding
                     await anyio.sleep(0.005)

@@ -85,6 +85,18 @@ _COUNTERS: dict[str, tuple[str, str]] = {
     ),
     "send_failures": ("send_failures", "Connections whose transport failed under a send"),
     "drained": ("drained_connections", "Connections closed by a drain"),
+    "parked": (
+        "sessions_parked",
+        "Detached sessions this node moved to the cluster store (drain, shutdown, hand-over)",
+    ),
+    "handed_over": (
+        "sessions_handed_over",
+        "Sessions this node parked because another node had their client's resume",
+    ),
+    "adopted": (
+        "sessions_adopted",
+        "Sessions this node took over from the cluster store for a resume",
+    ),
     "invalid_control_frames": (
         "control_frames_invalid",
         "Control frames ignored because they were not valid protocol",

@@ -149,7 +149,9 @@ class ResyncEvent:
     """
 
     reason: str
-    """The server's reason: ``"unknown"``, ``"expired"``, ``"invalid"`` or ``"gap"``."""
+    """The server's reason: ``"unknown"``, ``"expired"``, ``"invalid"``, ``"gap"``, or in
+    cluster mode ``"lost"`` (the server that held the session died without handing it over).
+    Any other value is treated the same way: a resync."""
     old_session_id: str
     new_session_id: str
     unacked: tuple[Frame, ...]

@@ -49,6 +49,9 @@ COUNTERS: tuple[str, ...] = (
     "send_failures",
     "invalid_control_frames",
     "drained",
+    "parked",
+    "handed_over",
+    "adopted",
 )
 # Labelled counters kept in the same table under a prefix: `rejected_<reason>` and
 # `resume_failed_<reason>`. Their known reasons are present from the start.

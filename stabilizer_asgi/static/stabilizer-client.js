@@ -12,7 +12,9 @@
 // A WebSocket that survives drops: it reconnects with exponential backoff and full jitter,
 // resumes the server-side session, resends what the server did not get and receives exactly
 // what it missed, so no message is lost or duplicated in either direction. When the server
-// cannot resume, a "resync" event says so and a new session starts.
+// cannot resume, a "resync" event says so and a new session starts. Its `reason` is the
+// server's: "unknown", "expired", "invalid", "gap", or in cluster mode "lost" (the server that
+// held the session died without handing it over); any other value means a resync too.
 //
 // All durations in options are milliseconds (the Python client uses seconds).
 
