@@ -20,7 +20,7 @@ import anyio
 import anyio.abc
 
 from . import logging as _log
-from .backends import Backend, Command, MemoryBackend, Parcel, Payload, Publication
+from .backends import Backend, Command, MemoryBackend, NodeInfo, Parcel, Payload, Publication
 
 logger = logging.getLogger("stabilizer_asgi")
 
@@ -36,6 +36,7 @@ class Cluster:
         execute: Callable[[Command], Awaitable[bool | None]],
         lost: Callable[[str | None], object],
         connections: Callable[[], int],
+        census: Callable[[], tuple[int, int, int]],
         take: Callable[[Sequence[str]], dict[str, Parcel]],
         hand_over: Callable[[str, int], Awaitable[str]],
         ended: Callable[[bytes], object],
@@ -45,6 +46,7 @@ class Cluster:
         self._execute = execute
         self._lost = lost
         self._connections = connections
+        self._census = census
         self._take = take
         self._hand_over = hand_over
         self._ended = ended
@@ -136,6 +138,9 @@ class Cluster:
     def connections(self) -> int:
         return self._connections()
 
+    def census(self) -> tuple[int, int, int]:
+        return self._census()
+
     def take(self, session_ids: Sequence[str]) -> dict[str, Parcel]:
         return self._take(session_ids)
 
@@ -158,14 +163,35 @@ class Cluster:
 
     def stats(self) -> dict[str, Any]:
         status = self.backend.status()
-        nodes = [{"id": n.id, "connections": n.connections} for n in status.nodes]
-        if not nodes:
-            nodes = [{"id": self.node_id, "connections": self._connections()}]
+        infos = status.nodes
+        if not any(n.id == self.node_id for n in infos):
+            infos = (*infos, NodeInfo(self.node_id, self._connections()))
+        mine = self._census()
+        nodes: list[dict[str, Any]] = [
+            {
+                "id": n.id,
+                "connections": n.connections,
+                # This node's own figures are read now; the others' as of their last report.
+                "sessions": dict(
+                    zip(
+                        ("connected", "detached"),
+                        mine[:2] if n.id == self.node_id else (n.connected, n.detached),
+                        strict=True,
+                    )
+                ),
+                "groups": mine[2] if n.id == self.node_id else n.groups,
+            }
+            for n in sorted(infos, key=lambda n: n.id)
+        ]
         return {
             "node": self.node_id,
             "healthy": self.problem() is None,
             "problem": self.problem(),
             "connections": sum(n["connections"] for n in nodes),
+            "sessions": {
+                "connected": sum(n["sessions"]["connected"] for n in nodes),
+                "detached": sum(n["sessions"]["detached"] for n in nodes),
+            },
             "nodes": nodes,
             "counters": dict(status.counters),
         }

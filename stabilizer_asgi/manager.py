@@ -131,6 +131,7 @@ class Stabilizer:
             execute=self._execute,
             lost=self._lost,
             connections=lambda: self._limits.total,
+            census=self._census,
             take=self._take,
             hand_over=self._hand_over,
             ended=self._parked_ended,
@@ -566,6 +567,12 @@ class Stabilizer:
         if not requests:
             return 0
         return len(await self.backend.store.park(requests))
+
+    def _census(self) -> tuple[int, int, int]:
+        """Sessions connected and detached here, and groups with members here (O(1))."""
+        registered = len(self._registry)
+        detached = self.metrics.detached_sessions
+        return registered - detached, detached, self._registry.group_total()
 
     def _take(self, session_ids: Sequence[str]) -> dict[str, Parcel]:
         """`Node.take`: snapshot these detached sessions and let go of them (no end: no

@@ -251,6 +251,27 @@ def _cluster(manager: Stabilizer) -> list[Metric]:
                 ],
             )
         )
+        sessions = GaugeMetricFamily(
+            f"{NAMESPACE}_cluster_node_sessions",
+            "Sessions per cluster node by state, as last reported by each node",
+            labels=["node", "state"],
+        )
+        groups = GaugeMetricFamily(
+            f"{NAMESPACE}_cluster_node_groups",
+            "Groups with members per cluster node, as last reported by each node",
+            labels=["node"],
+        )
+        for node in nodes:
+            if not isinstance(node, dict):
+                continue
+            by_state = node.get("sessions")
+            if isinstance(by_state, dict):
+                for state, count in sorted(by_state.items()):
+                    if _is_number(count):
+                        sessions.add_metric([str(node.get("id")), str(state)], float(count))
+            if _is_number(node.get("groups")):
+                groups.add_metric([str(node.get("id"))], float(node["groups"]))
+        out += [sessions, groups]
     for key, value in cluster.items():
         if isinstance(value, bool | int | float):
             safe = _LABEL_SAFE.sub("_", key)

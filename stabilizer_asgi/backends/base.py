@@ -112,10 +112,14 @@ class ParkRequest:
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
-    """One live node as the cluster sees it."""
+    """One live node as the cluster sees it: its connections, its sessions by state
+    (connected, detached) and how many groups have members there."""
 
     id: str
     connections: int
+    connected: int = 0
+    detached: int = 0
+    groups: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +151,9 @@ class Node(Protocol):
 
     def connections(self) -> int:
         """This node's open connections, reported to the cluster."""
+
+    def census(self) -> tuple[int, int, int]:
+        """This node's sessions connected and detached, and its groups with members."""
 
     def take(self, session_ids: Sequence[str]) -> dict[str, Parcel]:
         """Parking: snapshot these sessions and let go of them, now (called at the park's point

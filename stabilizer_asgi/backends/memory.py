@@ -246,7 +246,7 @@ class MemoryBackend:
 
     def nodes(self) -> tuple[NodeInfo, ...]:
         return tuple(
-            NodeInfo(m._node_id, m._node.connections())
+            NodeInfo(m._node_id, m._node.connections(), *m._node.census())
             for m in self.hub.live()
             if m._node is not None
         )

@@ -1208,17 +1208,21 @@ class RedisBackend:
     async def _presence_round(self, redis: Redis) -> None:
         node = self._node
         connections = node.connections() if node is not None else 0
-        record = _dumps({"c": connections})
+        census = node.census() if node is not None else (0, 0, 0)
+        record = _dumps({"c": connections, "s": census})
         flat = await self._script(redis, "heartbeat", [self._nodes_key], *self._presence(record))
         nodes: dict[str, NodeInfo] = {}
         for i in range(0, len(flat), 2):
             node_id = flat[i].decode()
             try:
-                count = int(json.loads(flat[i + 1]).get("c", 0))
-            except (ValueError, AttributeError):
-                count = 0
-            nodes[node_id] = NodeInfo(node_id, count)
-        nodes[self._node_id] = NodeInfo(self._node_id, connections)
+                doc = json.loads(flat[i + 1])
+                connected, detached, groups = (int(x) for x in doc.get("s", (0, 0, 0)))
+                nodes[node_id] = NodeInfo(
+                    node_id, int(doc.get("c", 0)), connected, detached, groups
+                )
+            except (ValueError, AttributeError, TypeError):
+                nodes[node_id] = NodeInfo(node_id, 0)
+        nodes[self._node_id] = NodeInfo(self._node_id, connections, *census)
         self._nodes = nodes
         self._write_error = None
         # Forget what was read from nodes gone for longer than any history is kept (bounded by

@@ -78,6 +78,9 @@ class FakeNode:
     def connections(self) -> int:
         return self.open
 
+    def census(self) -> tuple[int, int, int]:
+        return (self.open, 0, 0)
+
     def payloads(self) -> list[object]:
         return [p.payload for p in self.got]
 

@@ -100,15 +100,26 @@ def test_send_join_close_reach_a_session_on_the_other_node(
 
 
 def test_stats_list_both_nodes(nodes: tuple[TwoNodes, TestClient]) -> None:
-    """Each node's stats show both nodes with their connections and the cluster total."""
+    """Each node's stats show both nodes with their connections, sessions by state and
+    groups, and the cluster totals."""
     app, client = nodes
     with client.websocket_connect("/a/ws") as w1, client.websocket_connect("/b/ws") as w2:
         session_id(w1), session_id(w2)
         with client.websocket_connect("/b/ws") as w3:
             session_id(w3)
+            on_loop(client, app.b.manager.join, session_id_of(app, "b"), "room")
             cluster = on_loop(client, app.a.manager.stats)["cluster"]
             assert cluster["connections"] == 3 and cluster["healthy"] is True
             assert sorted(n["connections"] for n in cluster["nodes"]) == [1, 2]
+            assert cluster["sessions"] == {"connected": 3, "detached": 0}
+            by_node = {n["id"]: n for n in cluster["nodes"]}
+            on_b = by_node[app.b.manager.cluster.node_id]
+            assert on_b["sessions"] == {"connected": 2, "detached": 0} and on_b["groups"] == 1
+
+
+def session_id_of(app: TwoNodes, node: str) -> str:
+    """The id of one session of node `node`."""
+    return next(iter(getattr(app, node).manager.sessions())).id
 
 
 def test_lost_publications_close_opted_in_sessions_and_resume_answers_gap(

@@ -238,7 +238,10 @@ def test_cluster_section_becomes_per_node_gauges_and_counters() -> None:
             "healthy": False,
             "problem": "probe not answered",
             "connections": 7,
-            "nodes": [{"id": "a", "connections": 3}, {"id": "b", "connections": 4}],
+            "nodes": [
+                {"id": "a", "connections": 3, "sessions": {"connected": 3, "detached": 2}},
+                {"id": "b", "connections": 4, "groups": 6},
+            ],
             "counters": {"gaps": 2, "probe_failures": 5},
         }
         return {**plain_stats(), "cluster": cluster}
@@ -248,6 +251,8 @@ def test_cluster_section_becomes_per_node_gauges_and_counters() -> None:
         samples = parse(client.get(METRICS).text)
     assert value(samples, "stabilizer_cluster_node_connections", node="a") == 3
     assert value(samples, "stabilizer_cluster_node_connections", node="b") == 4
+    assert value(samples, "stabilizer_cluster_node_sessions", node="a", state="detached") == 2
+    assert value(samples, "stabilizer_cluster_node_groups", node="b") == 6
     assert value(samples, "stabilizer_cluster_healthy") == 0
     assert value(samples, "stabilizer_cluster_connections") == 7
     assert value(samples, "stabilizer_cluster_events_total", event="gaps") == 2
