@@ -692,6 +692,13 @@ class Stabilizer:
         session._seq = self._reg_seq
         self._registry.add(session)
         self._enqueue_detached(session)
+        if session.client_id is not None and self.config.duplicate_client != "allow":
+            # Its client now lives here for duplicate_client (its old node released it).
+            session._cluster_client = True
+            self.spawn(
+                functools.partial(self.backend.presence.claim_client, exclusive=False),
+                session.client_id,
+            )
         self.count_event("adopted")
         self._session_event(_log.ADOPTED, session, mailbox=len(handover.mailbox))
         return session
@@ -723,13 +730,19 @@ class Stabilizer:
         cfg = self.config
         deadline = _monotonic() + 3 * cfg.cluster_timeout
         reason = "unknown"
+        parking_since: float | None = None
         while _monotonic() < deadline:
             where = await store.locate(session_id)
             if where.state == "unreachable":
                 break
             if where.state == "parking":
-                await anyio.sleep(0.02)  # its node is parking it: a moment
-                continue
+                # Its node is parking it: a moment. If that takes longer than a hand-over
+                # may, the node is asked (a node killed while parking answers "gone").
+                now = _monotonic()
+                parking_since = now if parking_since is None else parking_since
+                if now - parking_since < cfg.cluster_timeout:
+                    await anyio.sleep(0.02)
+                    continue
             if where.state != "parked":
                 owner = where.owner or node
                 if not owner or owner == self.cluster.node_id:
