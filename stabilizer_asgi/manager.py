@@ -641,8 +641,12 @@ class Stabilizer:
         request = self._park_request(session, _monotonic())
         if request is None:
             return "expired"
-        if session_id in await self.backend.store.park([request]):
+        store = self.backend.store
+        if session_id in await store.park([request]):
             self.count_event("handed_over")
+            return "parked"
+        # Parked by a drain's batch at the same moment: the asker claims it from there.
+        if (await store.locate(session_id)).state in ("parked", "parking"):
             return "parked"
         return "lost"
 
