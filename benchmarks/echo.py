@@ -110,9 +110,15 @@ def run(
 
         def measure(name: str) -> None:
             server, pool = servers[name], pools[name]
-            cpu0, cli0 = server.cpu_seconds(), pool.cpu_seconds()
-            reply = pool.broadcast({"cmd": "echo", "seconds": seconds, "size": message_size})[0]
-            cpu1, cli1 = server.cpu_seconds(), pool.cpu_seconds()
+            # A window in which no round trip completed (a very short one on a loaded machine)
+            # measures nothing: it is run again (at most 3 times), so every metric gets its
+            # sample from the same window.
+            for _attempt in range(3):
+                cpu0, cli0 = server.cpu_seconds(), pool.cpu_seconds()
+                reply = pool.broadcast({"cmd": "echo", "seconds": seconds, "size": message_size})[0]
+                cpu1, cli1 = server.cpu_seconds(), pool.cpu_seconds()
+                if reply["latency_p50"] is not None:
+                    break
             rts = max(1, int(reply["round_trips"]))
             s = samples[name]
             s.setdefault("round_trips_per_s", []).append(rts / reply["seconds"])
