@@ -102,13 +102,15 @@ def _bench_routes(hub: Hub, mode: str) -> list[Route]:
         return JSONResponse({"collected": collected})
 
     async def bench_send(request: Request) -> JSONResponse:
-        # Frames to one session (connected or detached): what resume must replay.
+        # Frames "<prefix>:<start>" … "<prefix>:<start+count-1>" to one session (connected or
+        # detached): what resume must replay.
         session_id = request.query_params["session"]
         count = int(request.query_params.get("count", "1"))
+        start = int(request.query_params.get("start", "0"))
         prefix = request.query_params.get("prefix", "R")
         stab = request.state.stabilizer
         sent = 0
-        for i in range(count):
+        for i in range(start, start + count):
             sent += bool(await stab.send(session_id, f"{prefix}:{i}"))
         return JSONResponse({"sent": sent})
 
