@@ -19,12 +19,14 @@ Variants (one resume each per round, in rotating order, so that the machine's lo
   holds the session.
 
 Figures per variant: ``to_last_replayed_ms`` (median [min–max]) and its p90 (the headline),
-``to_hello_ms`` (reconnect until the ``hello`` saying ``resumed: true``), ``fresh_connect_ms``
-(a new opted-in connection until its ``hello``, for comparison), ``resyncs`` (resumes answered
-``resumed: false``) and ``inexact`` (resumes whose replay was not frames 1…100, each exactly
-once, in order, and nothing after them). Every repetition is checked; a resync or an inexact
-replay is counted and described, never hidden. A variant whose every resume resyncs says so
-("resumed: false, reason …") instead of giving a number.
+``to_hello_ms`` (reconnect until the ``hello`` saying ``resumed: true``: on another node, this
+is where the hand-over happens), ``hello_to_last_ms`` (that ``hello`` until the last replayed
+frame: the replay itself), ``fresh_connect_ms`` (a new opted-in connection until its
+``hello``, for comparison), ``resyncs`` (resumes not answered ``resumed: true``: a
+``resumed: false`` hello, or none at all) and ``inexact`` (resumes whose replay was not frames
+1…100, each exactly once, in order, and nothing after them). Every repetition is checked; a
+resync or an inexact replay is counted and described, never hidden. A variant whose every
+resume resyncs says so ("resumed: false, reason …") instead of giving a number.
 """
 
 from __future__ import annotations
@@ -319,6 +321,10 @@ def variant_result(tally: Tally) -> Json:
         "to_last_replayed_ms": summarize(last, "ms"),
         "to_last_replayed_p90_ms": summarize([_p90(last)], "ms", single=True),
         "to_hello_ms": summarize([o.hello * 1e3 for o in timed if o.hello is not None], "ms"),
+        "hello_to_last_ms": summarize(
+            [(o.last - o.hello) * 1e3 for o in timed if o.last is not None and o.hello is not None],
+            "ms",
+        ),
         "fresh_connect_ms": summarize([o.fresh * 1e3 for o in outcomes], "ms"),
         "resyncs": summarize([info["resyncs"]], "resumes", single=True),
         "inexact": summarize([len(inexact)], "resumes", single=True),
@@ -404,6 +410,7 @@ def run(
         ratio(results, "redis_cross", "redis_same", "to_last_replayed_ms"),
         ratio(results, "redis_cross", "redis_same", "to_last_replayed_p90_ms"),
         ratio(results, "redis_cross", "redis_same", "to_hello_ms"),
+        ratio(results, "redis_cross", "redis_same", "hello_to_last_ms"),
         ratio(results, "redis_same", "memory_same", "to_last_replayed_ms"),
     ]
     cases = [
@@ -426,7 +433,8 @@ def run(
         "rotating order; median [min–max]; p90 is the 90th percentile of the same resumes. "
         f"Every replay is checked to be frames 1…{frames}, each exactly once, in order, and "
         f"nothing else for {LINGER * 1e3:g} ms after the last: `inexact` counts the resumes "
-        "where it was not; `resyncs` the resumes answered resumed: false (not timed).",
+        "where it was not; `resyncs` the resumes not answered resumed: true (not timed). "
+        "to_hello_ms is where another node's hand-over happens; hello_to_last_ms is the replay.",
         *(_summary_note(name, v) for name, v in results.items()),
         f"load average (1, 5, 15 min) before and after: {loads}",
     ]
