@@ -40,6 +40,7 @@ class Cluster:
         take: Callable[[Sequence[str]], dict[str, Parcel]],
         hand_over: Callable[[str, int], Awaitable[str]],
         ended: Callable[[bytes], object],
+        lost_session: Callable[[str], object],
     ) -> None:
         self.backend = backend
         self._deliver = deliver
@@ -50,6 +51,7 @@ class Cluster:
         self._take = take
         self._hand_over = hand_over
         self._ended = ended
+        self._lost_session = lost_session
         self._running = False
         self._warned = False
         # The in-memory default with no other node on its hub has nobody to talk to: the
@@ -149,6 +151,9 @@ class Cluster:
 
     def ended(self, snapshot: bytes) -> None:
         self._ended(snapshot)
+
+    def lost_session(self, session_id: str) -> None:
+        self._lost_session(session_id)
 
     # ------------------------------------------------------------------ reporting
 

@@ -135,6 +135,7 @@ class Stabilizer:
             take=self._take,
             hand_over=self._hand_over,
             ended=self._parked_ended,
+            lost_session=self._lost_session,
         )
         # Groups this node is subscribed to for a session it is claiming from the cluster
         # (it must hear the group before the claim's point): kept while the claim runs.
@@ -393,6 +394,19 @@ class Stabilizer:
                 kicked += 1
         return kicked
 
+    def _lost_session(self, session_id: str) -> None:
+        """Publications for one session may have been lost (see `Node.lost_session`)."""
+        session = self._registry.get(session_id)
+        if session is None or session._replay is None:
+            return
+        replay = session._replay
+        if not replay.sent:
+            replay = session._replay = replay.empty_copy()
+        replay.lose()
+        if session._conn is not None:
+            session._conn.abort(1012, "cluster gap")
+        self.count_event("cluster_gaps")
+
     def _lost(self, group: str | None) -> None:
         """Publications for `group` (None: everyone) never arrived: no opted-in session that
         should have had them may resume exactly. Connected ones are closed 1012 so their
@@ -456,12 +470,20 @@ class Stabilizer:
                     await anyio.sleep(delay)
                 if conn.abort(1012, "server draining"):
                     aborted.append(conn)
-        await _unwound(aborted, DRAIN_GRACE)
+        # In cluster mode the detached sessions move to the cluster store before the process
+        # exits (their clients resume exactly on whichever node they reach), in batches as
+        # their apps return, so few clients come back before their session is parked.
+        parked = 0
+        if self.cluster.others and self._resumable:
+            with anyio.move_on_after(DRAIN_GRACE):
+                while any(c.session._conn is c for c in aborted):
+                    parked += await self._park_detached()
+                    await anyio.sleep(0.05)
+        else:
+            await _unwound(aborted, DRAIN_GRACE)
         failed = sum(1 for c in aborted if c.session._conn is c)
         closed = len(aborted) - failed
-        # In cluster mode the detached sessions move to the cluster store before the process
-        # exits: their clients resume exactly on whichever node they reach.
-        parked = await self._park_detached()
+        parked += await self._park_detached()
         report = ShutdownReport(closed, failed, round(_monotonic() - started, 3))
         self.count_event("drained", closed)
         _log.event(
@@ -609,7 +631,11 @@ class Stabilizer:
             return "parked" if self._registry.get(session_id) is None else "lost"
         session = self._registry.get(session_id)
         if session is None:
-            return "expired" if session_id in self._tombstones else "unknown"
+            if session_id in self._tombstones:
+                return "expired"
+            if (await self.backend.store.locate(session_id)).state in ("parked", "parking"):
+                return "parked"  # parked by this node a moment ago (a drain)
+            return "unknown"
         if not spendable(session._generation, session._token_confirmed, generation):
             return "invalid"
         moving = self._moving[session_id] = anyio.Event()
@@ -735,6 +761,7 @@ class Stabilizer:
         deadline = _monotonic() + 3 * cfg.cluster_timeout
         reason = "unknown"
         parking_since: float | None = None
+        asked_again = False
         while _monotonic() < deadline:
             where = await store.locate(session_id)
             if where.state == "unreachable":
@@ -757,6 +784,11 @@ class Stabilizer:
                     reason = await store.fate(owner, cfg.resume_window)
                     break
                 if answer == "unknown":
+                    if not asked_again:
+                        # Parked by its node's drain between our look and its answer: once
+                        # more from the top.
+                        asked_again = True
+                        continue
                     # Not on its node (ended there): a token already spent says "invalid".
                     reason = await self._gone_here(session_id, generation)
                     break

@@ -164,6 +164,10 @@ class Node(Protocol):
         """Another node has a resume of `session_id` with a token of `generation`: park the
         session for it. "parked", or why not ("invalid", "expired", "unknown", "lost")."""
 
+    def lost_session(self, session_id: str) -> None:
+        """Publications for this session may have been lost (a claim's point in the
+        publication order could not be found): its next resume must answer "gap"."""
+
     def ended(self, snapshot: bytes) -> None:
         """A parked session's resume window passed (this node is the one that noticed): it is
         over, cluster-wide."""
@@ -233,9 +237,14 @@ class SessionStore(Protocol):
         adopt: Callable[[Handover], None],
     ) -> str | None:
         """Take a parked session over for a resume with a token of `generation`: None once
-        `adopt` has been called with it (at the claim's point in the publication order), or
-        why not: "invalid" (token used), "moved" (claimed by another node meanwhile),
-        "missing" (not parked), "unreachable"."""
+        `adopt` has been called with it, or why not: "invalid" (token used), "moved"
+        (claimed by another node meanwhile), "missing" (not parked), "unreachable".
+
+        The claim takes its place in this node's publication order at the call: what this
+        node publishes from the call until `adopt` is neither in the mailbox nor delivered
+        to the session by the backend (the caller hands it over); publications of other
+        nodes are, exactly once (the backend delivers those made after the claim to the
+        adopted session, and none made before it)."""
 
     async def append(self, session_id: str, payload: Payload) -> bool:
         """Put a frame in a parked session's mailbox: False if it is not parked."""

@@ -519,6 +519,10 @@ class RedisBackend:
         self._pending: dict[str, _Pending] = {}
         self._parks: dict[str, _Park] = {}
         self._claims: dict[str, _Claim] = {}
+        # Sessions adopted whose claim's marker the reader has not reached (id → since when):
+        # publications read meanwhile are not delivered to them. At most one per claim.
+        self._muted: dict[str, float] = {}
+        self._awaiting: dict[str, str] = {}  # claim id → its session, until the marker
         self._handovers: dict[str, tuple[anyio.Event, list[str]]] = {}
         self.counters: dict[str, int] = {
             "published": 0,
@@ -1067,7 +1071,10 @@ class RedisBackend:
         self.counters["received"] += 1
         group = header.get("g")
         exclude = header.get("x")
-        node.deliver(Publication(payload, group, frozenset(exclude) if exclude else frozenset()))
+        skip = frozenset(exclude) if exclude else frozenset()
+        if self._muted:
+            skip = skip | self._muted.keys()
+        node.deliver(Publication(payload, group, skip))
         return True
 
     def _gap(self, origin: str, topic: str, missed: int) -> None:
@@ -1249,6 +1256,8 @@ class RedisBackend:
                     with anyio.fail_after(self._timeout):
                         await self._presence_round(redis)
                         await self._expire_parked(redis)
+                    if self._muted:
+                        self._unmute_stale()
                 except Exception as exc:
                     self._down("write", exc)
             pending = self._probe_pending_since
@@ -1449,47 +1458,55 @@ class RedisBackend:
         # caller's to hand to the session (see `SessionStore.claim`).
         self._enqueue(_TAKE, claim, b"", force=True)
         try:
-            with anyio.move_on_after(self._timeout):
+            with anyio.move_on_after(2 * self._timeout):
                 await claim.replied.wait()
             if not claim.replied.is_set():
                 return "unreachable"
-            if claim.status != "ok":
+            if claim.status != "ok" or claim.reply is None:
                 return claim.status
-            # Adopted by the reader at the claim's point in the publication order.
-            with anyio.move_on_after(self._timeout):
-                await claim.done.wait()
-            if not claim.done.is_set():
-                _log.event(
-                    logger,
-                    _log.CLUSTER_PARK_FAILED,
-                    level=logging.ERROR,
-                    node=self._node_id,
-                    sessions=1,
-                    error="claimed session not adopted in time",
-                )
+            # Adopted now; until this node's reader reaches the claim's marker, what it reads
+            # was published before the claim (and is in the mailbox): not delivered to it.
+            self._muted[session_id] = time.monotonic()
+            self._awaiting[rid] = session_id
+            try:
+                claim.adopt(claim.reply)
+            except Exception:
+                self._muted.pop(session_id, None)
+                self._awaiting.pop(rid, None)
+                logger.exception("adopting a claimed session failed")
                 return "unreachable"
             self.counters["claimed"] += 1
             return None
         finally:
-            claim.failed = True  # a late marker adopts nothing
+            claim.failed = True
+            claim.done.set()
             del self._claims[rid]
 
     async def _claim_reached(self, rid: str) -> None:
-        """The claim's marker: nothing published after it is delivered before the session is
-        adopted here (the reader waits for the claim's reply, which is already on its way)."""
+        """The claim's marker: from here on, what the reader delivers was published after the
+        claim and reaches the adopted session (the reader waits for the adoption, which
+        follows the claim's reply, already on its way)."""
         claim = self._claims.get(rid)
-        if claim is None or claim.done.is_set():
-            return
-        with anyio.move_on_after(self._timeout):
-            await claim.replied.wait()
-        if claim.failed or claim.reply is None:
-            return
-        try:
-            claim.adopt(claim.reply)
-        except Exception:
-            logger.exception("adopting a claimed session failed")
-            return
-        claim.done.set()
+        if claim is not None:  # its reply is not in yet
+            with anyio.move_on_after(2 * self._timeout):
+                await claim.done.wait()
+        session_id = self._awaiting.pop(rid, None)
+        if session_id is not None:
+            self._muted.pop(session_id, None)
+
+    def _unmute_stale(self) -> None:
+        """A claim whose marker never came (the subscription was rebuilt meanwhile): what
+        the session missed cannot be told, so it is reported lost (its client resyncs)."""
+        horizon = time.monotonic() - 2 * self._timeout - self._probe_interval
+        stale = {sid for sid, since in self._muted.items() if since < horizon}
+        for rid in [rid for rid, sid in self._awaiting.items() if sid in stale]:
+            del self._awaiting[rid]
+        node = self._node
+        for session_id in stale:
+            del self._muted[session_id]
+            self.counters["gaps"] += 1
+            if node is not None:
+                node.lost_session(session_id)
 
     async def append(self, session_id: str, payload: Payload) -> bool:
         redis = self._redis

@@ -60,6 +60,9 @@ class FakeNode:
     def ended(self, snapshot: bytes) -> None:
         self.ended_snapshots.append(snapshot)
 
+    def lost_session(self, session_id: str) -> None:
+        self.lost_groups.append("session:" + session_id)
+
     def deliver(self, publication: Publication) -> None:
         self.got.append(publication)
 
