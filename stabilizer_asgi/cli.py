@@ -247,6 +247,8 @@ _FIELD_HELP = {
     "cluster_outbox_messages": "cluster mode: publications kept while Redis is unreachable",
     "cluster_outbox_bytes": "cluster mode: bytes kept while Redis is unreachable",
     "cluster_history": "cluster mode: publications kept per topic for nodes catching up",
+    "cluster_connections": "cluster mode: most connections a node opens to Redis for its calls "
+    "(more wait for one); its subscription has its own",
     "otel": "OpenTelemetry metrics and a span per connection, through the global providers "
     "(needs stabilizer-asgi[otel])",
 }

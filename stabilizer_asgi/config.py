@@ -77,6 +77,7 @@ class StabilizerConfig:
     cluster_outbox_messages: int = 10_000
     cluster_outbox_bytes: int = 16 * MIB
     cluster_history: int = 10_000
+    cluster_connections: int = 32
     otel: bool = False
 
     def __post_init__(self) -> None:
@@ -168,6 +169,7 @@ class StabilizerConfig:
         _int("cluster_outbox_messages", self.cluster_outbox_messages, 1)
         _int("cluster_outbox_bytes", self.cluster_outbox_bytes, 1)
         _int("cluster_history", self.cluster_history, 1)
+        _int("cluster_connections", self.cluster_connections, 1)
         if url_backend is not None and self.secret is None:
             # Every node must verify the tokens the others sign: a key generated per process
             # cannot be shared across machines.

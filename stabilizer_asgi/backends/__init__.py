@@ -133,6 +133,7 @@ def create_backend(config: StabilizerConfig) -> Backend:
             max_outbox_messages=config.cluster_outbox_messages,
             max_outbox_bytes=config.cluster_outbox_bytes,
             history_messages=config.cluster_history,
+            max_connections=config.cluster_connections,
         )
         return backend
     if not isinstance(spec, Backend):

@@ -447,6 +447,7 @@ class RedisBackend:
         max_outbox_bytes: int = 16 * 1024 * 1024,
         history_messages: int = 10_000,
         history_ttl: float = 600.0,
+        max_connections: int = 32,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
             # Never echo the URL: it may carry a password.
@@ -472,6 +473,7 @@ class RedisBackend:
         self._max_outbox = max_outbox_messages
         self._max_outbox_bytes = max_outbox_bytes
         self._history = history_messages
+        self._max_connections = max_connections
         self._history_ttl_ms = max(1, int(history_ttl * 1000))
         # A record refreshed every probe_interval / 4 lives 2.75 × probe_interval, so a dead node
         # is gone from every view (refreshed as often) within 3 × probe_interval.
@@ -562,18 +564,25 @@ class RedisBackend:
     # ------------------------------------------------------------------ lifecycle
 
     def _client(self, *, blocking: bool) -> Redis:
-        from redis.asyncio import Redis
+        from redis.asyncio import BlockingConnectionPool, Redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        # No retries inside redis-py: this backend decides when to reconnect and says so.
-        return Redis.from_url(
+        # No retries inside redis-py: this backend decides when to reconnect and says so. A
+        # bounded pool whose callers wait for a free connection (redis-py's default pool
+        # raises "Too many connections" at 100 busy ones, which a reconnect storm reaches).
+        pool = BlockingConnectionPool.from_url(
             self._url,
+            max_connections=4 if blocking else self._max_connections,
+            timeout=self._timeout,
             retry=Retry(NoBackoff(), 0),
             socket_connect_timeout=self._timeout,
             socket_timeout=None if blocking else self._timeout,
             client_name=f"stabilizer:{self._prefix}:{self._node_id}",
         )
+        client = Redis(connection_pool=pool)
+        client.auto_close_connection_pool = True  # closing the client closes its pool
+        return client
 
     async def run(
         self, node: Node, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED

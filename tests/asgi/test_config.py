@@ -164,6 +164,7 @@ INVALID: list[tuple[str, Any]] = [
     ("cluster_outbox_messages", 0),
     ("cluster_outbox_bytes", 0),
     ("cluster_history", 0),
+    ("cluster_connections", 0),
     ("otel", "yes"),
     ("otel", 1),
 ]
