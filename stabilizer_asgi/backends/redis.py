@@ -1378,35 +1378,51 @@ class RedisBackend:
                 r.max_bytes,
             ]
         try:
-            with anyio.fail_after(self._timeout):
-                started = await self._script(redis, "park_begin", [], *args)
+            try:
+                with anyio.fail_after(self._timeout):
+                    started = await self._script(redis, "park_begin", [], *args)
+            except Exception as exc:
+                self._park_failed(len(chunk), exc)
+                return set()
             park.ids.extend(r.session_id for r, ok in zip(chunk, started, strict=True) if ok)
             if not park.ids:
                 return set()
             # The park's point in the publication order is its marker: this node's reader
             # delivers everything published before it to the sessions here, then takes them.
-            with anyio.fail_after(self._timeout):
-                assert park.reached is not None
+            assert park.reached is not None
+            with anyio.move_on_after(2 * self._timeout):
                 await park.reached.wait()
-                done = anyio.Event()
-                self._enqueue(_SIGNAL, done, b"", force=True)
+            if not park.reached.is_set():
+                # The reader is too far behind (or down): the parks are called off, the
+                # sessions stay here (a resume elsewhere asks for them again).
+                for session_id in park.ids:
+                    self._enqueue(_END_PARK, (session_id, 0, 0), b"", force=True)
+                self._park_failed(
+                    len(park.ids), TimeoutError("park marker not reached"), down=False
+                )
+                return set()
+            taken = park.taken or {}
+            done = anyio.Event()
+            self._enqueue(_SIGNAL, done, b"", force=True)
+            with anyio.move_on_after(2 * self._timeout):
                 await done.wait()
-        except Exception as exc:
-            self._down("write", exc)
-            _log.event(
-                logger,
-                _log.CLUSTER_PARK_FAILED,
-                level=logging.ERROR,
-                node=self._node_id,
-                sessions=len(chunk),
-                error=type(exc).__name__,
-            )
-            return set(park.taken or ())  # taken: their parks complete when Redis returns
+            # Not written yet (Redis slow or away): the ends wait in the outbox, in order.
+            self.counters["parked"] += len(taken)
+            return set(taken)
         finally:
             del self._parks[rid]
-        taken = park.taken or {}
-        self.counters["parked"] += len(taken)
-        return set(taken)
+
+    def _park_failed(self, sessions: int, exc: BaseException, *, down: bool = True) -> None:
+        if down:
+            self._down("write", exc)
+        _log.event(
+            logger,
+            _log.CLUSTER_PARK_FAILED,
+            level=logging.ERROR,
+            node=self._node_id,
+            sessions=sessions,
+            error=type(exc).__name__,
+        )
 
     def _park_reached(self, rid: str) -> None:
         """The park's marker: take the sessions (snapshots) and complete the park in order."""
