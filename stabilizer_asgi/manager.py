@@ -648,9 +648,18 @@ class Stabilizer:
     async def _hand_over_now(self, session: Session, generation: int) -> str:
         session_id = session.id
         conn = session._conn
+        if conn is not None and conn.connecting:
+            # A resume of it is being accepted here right now (the same client racing itself,
+            # e.g. a retry after a lost hello): let that finish, then take the session over.
+            with anyio.move_on_after(self.config.cluster_timeout):
+                while conn.connecting and session._conn is conn:  # noqa: ASYNC110
+                    await anyio.sleep(0.005)
+            if not spendable(session._generation, session._token_confirmed, generation):
+                return "invalid"
+            conn = session._conn
+            if conn is not None and conn.connecting:
+                return "invalid"
         if conn is not None:
-            if conn.connecting:
-                return "invalid"  # a resume of it is being accepted here right now
             self._detach(conn)
             conn.abort(1000, "session resumed on another connection")
             # What its app sends until it learns of the close goes to the session (see
