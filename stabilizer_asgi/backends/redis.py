@@ -384,6 +384,9 @@ class _Pending:
 _PUB, _RAW, _RELEASE, _PROBE, _END_PARK, _SIGNAL, _TAKE = 0, 1, 2, 3, 4, 5, 6
 # Parked sessions ended per presence round at most (by whichever node gets them first).
 EXPIRE_BATCH = 100
+# Seconds after which a claim's marker is given up on even without a resubscription (the session
+# is then reported lost): far beyond any reader backlog seen in practice.
+MUTE_LIMIT = 60.0
 # How long the cluster remembers that a node died (its sessions' resumes answer "lost" at once
 # instead of after a check, and "expired" once their window has passed).
 DEATH_MEMORY_MS = 86_400_000
@@ -521,9 +524,11 @@ class RedisBackend:
         self._pending: dict[str, _Pending] = {}
         self._parks: dict[str, _Park] = {}
         self._claims: dict[str, _Claim] = {}
-        # Sessions adopted whose claim's marker the reader has not reached (id → since when):
-        # publications read meanwhile are not delivered to them. At most one per claim.
-        self._muted: dict[str, float] = {}
+        # Sessions adopted whose claim's marker the reader has not reached: publications read
+        # meanwhile are not delivered to them. At most one per claim.
+        # → (the subscription it was muted under, since when)
+        self._muted: dict[str, tuple[int, float]] = {}
+        self._subscriptions = 0  # pub/sub connections made so far
         self._awaiting: dict[str, str] = {}  # claim id → its session, until the marker
         self._handovers: dict[str, tuple[anyio.Event, list[str]]] = {}
         self.counters: dict[str, int] = {
@@ -932,6 +937,11 @@ class RedisBackend:
                     waiting.discard(message["channel"])
                 else:
                     early.append(message)
+        # Subscribed: a claim's marker published from now on reaches the reader. Sessions muted
+        # before (their marker may have been published while nobody listened) are lost.
+        self._subscriptions += 1
+        if self._muted:
+            self._unmute_stale()
         epoch_changed = await self._check_epoch(redis)
         caught_up = await self._catch_up(redis, epoch_changed)
         await self._resync_clients(redis)
@@ -1491,7 +1501,7 @@ class RedisBackend:
                 return claim.status
             # Adopted now; until this node's reader reaches the claim's marker, what it reads
             # was published before the claim (and is in the mailbox): not delivered to it.
-            self._muted[session_id] = time.monotonic()
+            self._muted[session_id] = (self._subscriptions, time.monotonic())
             self._awaiting[rid] = session_id
             try:
                 claim.adopt(claim.reply)
@@ -1520,10 +1530,15 @@ class RedisBackend:
             self._muted.pop(session_id, None)
 
     def _unmute_stale(self) -> None:
-        """A claim whose marker never came (the subscription was rebuilt meanwhile): what
-        the session missed cannot be told, so it is reported lost (its client resyncs)."""
-        horizon = time.monotonic() - 2 * self._timeout - self._probe_interval
-        stale = {sid for sid, since in self._muted.items() if since < horizon}
+        """Claims whose marker can never come (the subscription was rebuilt since): what
+        their sessions missed cannot be told, so they are reported lost (their clients
+        resync). A reader that is merely behind reaches its markers: nothing is decided on
+        time alone."""
+        current = self._subscriptions
+        horizon = time.monotonic() - MUTE_LIMIT
+        stale = {
+            sid for sid, (sub, since) in self._muted.items() if sub != current or since < horizon
+        }
         for rid in [rid for rid, sid in self._awaiting.items() if sid in stale]:
             del self._awaiting[rid]
         node = self._node
