@@ -65,6 +65,8 @@ DETACH_CODES = frozenset({1005, 1006, 1011, 1012, 1014})
 MAX_TOMBSTONES = 4096
 # Expired detached sessions swept per housekeeping tick (bounded work per tick).
 SWEEP_BATCH = 1000
+# Seconds a hand-over waits for others to park with it in one batch.
+PARK_GATHER = 0.002
 # Seconds drain() waits for the apps of the connections it closed to unwind.
 DRAIN_GRACE = 5.0
 
@@ -144,8 +146,10 @@ class Stabilizer:
         # was sent (neither in their mailbox nor delivered here yet): handed over at adoption.
         # Each is bounded like a replay buffer.
         self._arriving: dict[str, _Arriving] = {}
-        # Sessions being handed over to another node right now (at most one per session).
+        # Sessions being handed over to another node right now (at most one per session), and
+        # the park batch gathering them.
         self._moving: dict[str, anyio.Event] = {}
+        self._park_batch: _ParkBatch | None = None
         if cfg.otel:
             try:
                 from .otel import instrument
@@ -677,13 +681,35 @@ class Stabilizer:
         if request is None:
             return "expired"
         store = self.backend.store
-        if session_id in await store.park([request]):
+        if await self._park_soon(request):
             self.count_event("handed_over")
             return "parked"
         # Parked by a drain's batch at the same moment: the asker claims it from there.
         if (await store.locate(session_id)).state in ("parked", "parking"):
             return "parked"
         return "lost"
+
+    async def _park_soon(self, request: ParkRequest) -> bool:
+        """Park one session for a hand-over, together with the others asked for at the same
+        moment (a reconnect storm asks for hundreds): one store round per batch."""
+        batch = self._park_batch
+        if batch is None:
+            batch = self._park_batch = _ParkBatch()
+            self.spawn(self._run_park_batch, batch)
+        batch.requests[request.session_id] = request
+        with anyio.move_on_after(2 * self.config.cluster_timeout):
+            await batch.done.wait()
+        return request.session_id in batch.parked
+
+    async def _run_park_batch(self, batch: _ParkBatch) -> None:
+        try:
+            await anyio.sleep(PARK_GATHER)
+            self._park_batch = None  # asks from now on make the next batch
+            batch.parked = await self.backend.store.park(list(batch.requests.values()))
+        finally:
+            if self._park_batch is batch:
+                self._park_batch = None
+            batch.done.set()
 
     def _parked_ended(self, blob: bytes) -> None:
         """`Node.ended`: a parked session's window passed; this node ends it for the cluster."""
@@ -1553,6 +1579,17 @@ class Stabilizer:
         """The session id a token resumes; `InvalidTokenError` (tampered, foreign key, used,
         unknown session) or `TokenExpiredError` (resume window passed) otherwise."""
         return self._check_token(token)[0].id
+
+
+class _ParkBatch:
+    """Hand-overs parked together (see `Stabilizer._park_soon`)."""
+
+    __slots__ = ("done", "parked", "requests")
+
+    def __init__(self) -> None:
+        self.requests: dict[str, ParkRequest] = {}
+        self.parked: set[str] = set()
+        self.done = anyio.Event()
 
 
 class _Arriving:
