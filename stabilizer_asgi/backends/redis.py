@@ -399,6 +399,7 @@ class _Park:
     ids: list[str]
     taken: dict[str, Parcel] | None = None
     reached: anyio.Event | None = None
+    subscription: int = 0
 
 
 @dataclass
@@ -407,6 +408,7 @@ class _Claim:
 
     adopt: Any
     args: tuple[Any, ...]
+    subscription: int = 0
     status: str = ""
     reply: Handover | None = None
     replied: anyio.Event = field(default_factory=anyio.Event)
@@ -528,7 +530,9 @@ class RedisBackend:
         # meanwhile are not delivered to them. At most one per claim.
         # → (the subscription it was muted under, since when)
         self._muted: dict[str, tuple[int, float]] = {}
-        self._subscriptions = 0  # pub/sub connections made so far
+        # Counts the reader's (re)subscriptions: odd while subscribing and catching up, even
+        # while it reads live, in publication order. Parks and claims note it when they start.
+        self._subscriptions = 0
         self._awaiting: dict[str, str] = {}  # claim id → its session, until the marker
         self._handovers: dict[str, tuple[anyio.Event, list[str]]] = {}
         self.counters: dict[str, int] = {
@@ -924,6 +928,8 @@ class RedisBackend:
         redis = self._redis
         assert sub is not None and redis is not None
         pubsub = self._pubsub = sub.pubsub()
+        # Odd while (re)subscribing and catching up, even once reading live (see below).
+        self._subscriptions += 1 if self._subscriptions % 2 == 0 else 2
         wanted = [self._node_channel, self._cmd_channel, *self._topic_channels()]
         await pubsub.subscribe(*wanted)
         waiting = set(wanted)
@@ -937,13 +943,15 @@ class RedisBackend:
                     waiting.discard(message["channel"])
                 else:
                     early.append(message)
-        # Subscribed: a claim's marker published from now on reaches the reader. Sessions muted
-        # before (their marker may have been published while nobody listened) are lost.
+        epoch_changed = await self._check_epoch(redis)
+        caught_up = await self._catch_up(redis, epoch_changed)
+        # Caught up: from here on the reader reads in publication order again, markers
+        # included. A park or claim that was under way across the rebuild cannot be placed in
+        # that order (its marker may be lost, and catch-up delivered without markers): its
+        # sessions are reported lost or its park called off (see `_settled`).
         self._subscriptions += 1
         if self._muted:
             self._unmute_stale()
-        epoch_changed = await self._check_epoch(redis)
-        caught_up = await self._catch_up(redis, epoch_changed)
         await self._resync_clients(redis)
         self._live = True
         self._read_error = None
@@ -1377,7 +1385,7 @@ class RedisBackend:
 
     async def _park_chunk(self, redis: Redis, chunk: Sequence[ParkRequest]) -> set[str]:
         rid = secrets.token_hex(8)
-        park = self._parks[rid] = _Park([], reached=anyio.Event())
+        park = self._parks[rid] = _Park([], reached=anyio.Event(), subscription=self._subscriptions)
         args: list[Any] = [self._prefix, self._node_id, _encode({"k": "parked", "r": rid}, None)]
         for r in chunk:
             args += [
@@ -1440,6 +1448,10 @@ class RedisBackend:
         node = self._node
         if park is None or park.reached is None or park.reached.is_set():
             return
+        if park.subscription != self._subscriptions or self._subscriptions % 2:
+            # The subscription was rebuilt since the park began: catch-up may have delivered
+            # to these sessions what their mailboxes also hold. Called off; they stay here.
+            node = None
         taken = node.take(park.ids) if node is not None else {}
         park.taken = taken
         for session_id in park.ids:
@@ -1486,7 +1498,9 @@ class RedisBackend:
         rid = secrets.token_hex(8)
         marker = _encode({"k": "claimed", "r": rid}, None)
         claim = self._claims[rid] = _Claim(
-            adopt, (session_id, generation, max(1, int(ttl * 1000)), marker, rid)
+            adopt,
+            (session_id, generation, max(1, int(ttl * 1000)), marker, rid),
+            self._subscriptions,
         )
         # Through the outbox: ordered after every publication this node made before the call
         # (those reached the mailbox); what it publishes from now until `adopt` is the
@@ -1510,6 +1524,14 @@ class RedisBackend:
                 self._awaiting.pop(rid, None)
                 logger.exception("adopting a claimed session failed")
                 return "unreachable"
+            if claim.subscription != self._subscriptions or self._subscriptions % 2:
+                # The subscription was rebuilt (or is catching up) since the claim was sent.
+                self._muted.pop(session_id, None)
+                self._awaiting.pop(rid, None)
+                self.counters["gaps"] += 1
+                node = self._node
+                if node is not None:
+                    node.lost_session(session_id)
             self.counters["claimed"] += 1
             return None
         finally:
