@@ -54,6 +54,7 @@ class _Pipe(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: _Pipe | None = None
         self.early: list[bytes] = []  # client bytes that came before the upstream connected
+        self.eof_in = False  # this side has sent its FIN
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -67,11 +68,15 @@ class _Pipe(asyncio.Protocol):
             peer.transport.write(data)
 
     def eof_received(self) -> bool:
+        self.eof_in = True
         peer = self.peer
-        if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
-            peer.transport.write_eof()
-            return True
-        return False
+        if peer is None or peer.transport is None or peer.transport.is_closing():
+            return False
+        if peer.eof_in or not peer.transport.can_write_eof():
+            peer.transport.close()  # both directions are done
+            return False
+        peer.transport.write_eof()  # half-close: the other direction may still carry data
+        return True
 
     def pause_writing(self) -> None:  # our socket is full: stop reading the other side
         if self.peer is not None and self.peer.transport is not None:

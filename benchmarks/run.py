@@ -42,6 +42,7 @@ BENCHMARKS = (
     "scale",
     "resume",
     "cluster",
+    "deploy",
 )
 README = Path(__file__).resolve().parent / "README.md"
 _START, _END = "<!-- results:start -->", "<!-- results:end -->"

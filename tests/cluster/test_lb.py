@@ -54,7 +54,8 @@ def which(port: int) -> tuple[socket.socket, bytes]:
 def test_round_robin_skips_down_and_refused_backends_and_abort_resets() -> None:
     """Connections go to each live backend in turn; a backend marked down, or refusing
     connections, is skipped; `abort` resets that backend's forwarded connections (the client
-    reads ECONNRESET) and leaves the others; every accepted connection is counted per backend."""
+    reads ECONNRESET) and leaves the others; every accepted connection is counted per backend
+    and is no longer open once both of its ends have closed."""
     dead = free_port()  # nothing listens there: connection refused
     with (
         servers(2) as (s0, s1),
@@ -67,7 +68,8 @@ def test_round_robin_skips_down_and_refused_backends_and_abort_resets() -> None:
         assert sock.recv(4) == b"ping"  # bytes flow both ways
 
         lb.down(0)
-        assert [which(lb.port)[1] for _ in range(2)] == [b"s1", b"s1"]
+        more = [which(lb.port) for _ in range(2)]
+        assert [name for _, name in more] == [b"s1", b"s1"]
         lb.up(0)
 
         assert lb.abort(0) == 2
@@ -81,6 +83,13 @@ def test_round_robin_skips_down_and_refused_backends_and_abort_resets() -> None:
         assert len(lb.accepted(0)) == 2 and len(lb.accepted(1)) == 0
         assert len(lb.accepted(2)) == 4
         assert lb.refused == 0
+        assert lb.open_connections(0) == 0 and lb.open_connections(2) == 4
+        for sock, _ in opened + more:
+            sock.close()  # a connection ends once both sides have closed
+        deadline = time.monotonic() + 5
+        while lb.open_connections(2) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert lb.open_connections(2) == 0
 
 
 def test_no_live_backend_resets_the_client_and_peak_rate_counts_a_window() -> None:
