@@ -5,7 +5,9 @@
   loop. Each sends numbered messages ``u<i>`` that the app echoes back, and receives the
   numbered broadcasts ``b<j>``. :meth:`Fleet.report` counts per client: ``lost`` (an echo of a
   sent message, or a published broadcast, never received), ``duplicated`` (received twice),
-  ``reordered`` (a number lower than one already received, per stream) and the client's resync
+  ``reordered`` (a number lower than one already received, per stream; for broadcasts, among
+  those published on the same node: the cluster promises publish order per publishing node, not
+  across nodes) and the client's resync
   events (``on_resync``) with their reasons.
 - :class:`Publisher`: numbered broadcasts through a node's ``POST /broadcast``, one at a time, at
   a steady rate, on whichever node :meth:`Publisher.pick` allows (the test keeps it off the node
@@ -24,7 +26,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from array import array
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from stabilizer_asgi.client import ClientClosedError, ResyncEvent, StabilizerConnection, connect
@@ -36,13 +39,15 @@ MAX_NUMBER = 1 << 20  # bound of the per-client tally arrays (messages per strea
 class Stream:
     """One numbered stream as a client received it."""
 
-    __slots__ = ("count", "duplicated", "highest", "reordered")
+    __slots__ = ("arrivals", "count", "duplicated", "highest", "reordered")
 
-    def __init__(self) -> None:
+    def __init__(self, keep_order: bool = False) -> None:
         self.count = bytearray()  # count[i]: copies of message i received (saturating at 255)
         self.duplicated = 0
         self.reordered = 0
         self.highest = -1
+        # first arrivals in order, to count reorders per origin afterwards (see `reorders`)
+        self.arrivals: array[int] | None = array("i") if keep_order else None
 
     def take(self, i: int) -> None:
         if i >= MAX_NUMBER:
@@ -52,10 +57,27 @@ class Stream:
             count.extend(bytes(i + 256 - len(count)))
         if count[i]:
             self.duplicated += 1
-        elif i < self.highest:
-            self.reordered += 1
+        else:
+            if i < self.highest:
+                self.reordered += 1
+            if self.arrivals is not None:
+                self.arrivals.append(i)
         count[i] = min(255, count[i] + 1)
         self.highest = max(self.highest, i)
+
+    def reorders(self, origin: Mapping[int, int]) -> int:
+        """First arrivals numbered below one already received from the same ``origin``."""
+        if self.arrivals is None:
+            return self.reordered
+        highest: dict[int, int] = {}
+        reordered = 0
+        for i in self.arrivals:
+            key = origin.get(i, -1)
+            if i < highest.get(key, -1):
+                reordered += 1
+            else:
+                highest[key] = i
+        return reordered
 
     def has(self, i: int) -> bool:
         return i < len(self.count) and self.count[i] > 0
@@ -72,7 +94,7 @@ class TrafficClient:
         self.conn: StabilizerConnection | None = None
         self.sent = 0
         self.echo = Stream()
-        self.broadcasts = Stream()
+        self.broadcasts = Stream(keep_order=True)
         self.resyncs: list[str] = []
         self.resync_at: list[float] = []
         self.closed: str | None = None
@@ -207,10 +229,15 @@ class Fleet:
         return time.monotonic() - started
 
     def report(
-        self, published: Sequence[int], uncertain: Sequence[int] = (), detail: bool = False
+        self,
+        published: Sequence[int],
+        uncertain: Sequence[int] = (),
+        origins: Sequence[int] = (),
+        detail: bool = False,
     ) -> dict[str, Any]:
         """The check of every client (see the module doc); sums, and per client with
-        ``detail``."""
+        ``detail``. ``origins[k]`` is the node that published ``published[k]``."""
+        origin = dict(zip(published, origins, strict=False))  # no origins: one stream
         skip = set(uncertain)
         expected_b = [j for j in published if j not in skip]
         out: dict[str, Any] = {
@@ -232,7 +259,7 @@ class Fleet:
         for c in self.clients:
             lost = c.echo.missing(range(c.sent)) + c.broadcasts.missing(expected_b)
             dup = c.echo.duplicated + c.broadcasts.duplicated
-            reo = c.echo.reordered + c.broadcasts.reordered
+            reo = c.echo.reordered + c.broadcasts.reorders(origin)
             out["sent"] += c.sent
             out["received"] += c.received
             out["lost"] += lost
@@ -282,6 +309,7 @@ class Publisher:
         self.rate = rate
         self.allowed = [True] * len(self.urls)
         self.published: list[int] = []
+        self.origins: list[int] = []  # the node index that published each of `published`
         self.uncertain: list[int] = []
         self.retries = 0
         self._next = 0
@@ -318,16 +346,20 @@ class Publisher:
                 with _NO_PROXY.open(req, timeout=timeout) as reply:
                     reply.read()
                 self.published.append(j)
+                self.origins.append(self._current)
+                return
+            except urllib.error.HTTPError:
+                self.uncertain.append(j)
                 return
             except urllib.error.URLError as exc:
                 if isinstance(exc.reason, ConnectionRefusedError):
                     self.retries += 1  # never sent: try the next node
-                    self._current += 1
+                    self._current = (self._current + 1) % len(self.urls)
                     time.sleep(0.05)
                     continue
                 self.uncertain.append(j)
                 return
-            except (OSError, urllib.error.HTTPError):
+            except OSError:
                 self.uncertain.append(j)
                 return
         self.uncertain.append(j)

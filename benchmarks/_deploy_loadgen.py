@@ -5,8 +5,8 @@ in) that exchange numbered messages both ways and check them.
 Commands (one JSON line each, one JSON reply): ``open`` (``url``, ``start``, ``count``,
 ``concurrency``, ``local_host``), ``start`` (``interval``: each client sends its next message
 every ``interval`` seconds), ``stop``, ``settle`` (``published``, ``idle``, ``timeout``: wait
-until every client has every echo and broadcast), ``report`` (``published``, ``uncertain``),
-``close``, ``exit``.
+until every client has every echo and broadcast), ``report`` (``published``, ``uncertain``,
+``origins``), ``close``, ``exit``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ async def serve() -> None:
         return {"seconds": waited}
 
     def report(cmd: dict[str, Any]) -> dict[str, Any]:
-        return fleet.report(cmd["published"], cmd.get("uncertain", ()))
+        return fleet.report(cmd["published"], cmd.get("uncertain", ()), cmd.get("origins", ()))
 
     async def close(cmd: dict[str, Any]) -> dict[str, Any]:
         await fleet.close()

@@ -40,7 +40,7 @@ _clusters = itertools.count()
 # Short timings so a deploy takes seconds: every setting is a sidecar option.
 FAST: dict[str, Any] = {
     "probe_interval": 0.5,
-    "cluster_timeout": 1.0,
+    "cluster_timeout": 2.0,
     "drain_period": 1.0,
     "heartbeat_interval": 5.0,
     "heartbeat_timeout": 5.0,
@@ -183,6 +183,16 @@ class SidecarNode:
     def stats(self) -> Any:
         return self.request("GET", "/_stabilizer/stats")
 
+    def health(self) -> str:
+        """The health route's status ("ok", "degraded", "draining"), or "down"."""
+        try:
+            with _NO_PROXY.open(self.http_url + "/_stabilizer/health", timeout=2) as reply:
+                return str(json.loads(reply.read())["status"])
+        except urllib.error.HTTPError as exc:
+            return str(json.loads(exc.read() or b"{}").get("status", exc.code))
+        except (OSError, urllib.error.URLError, ValueError, KeyError):
+            return "down"
+
 
 class Deployment:
     """redis-server (``redis``: anything with ``url``), ``n`` sidecar nodes on it and a load
@@ -241,6 +251,14 @@ class Deployment:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("the nodes did not see each other")
+            time.sleep(0.05)
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every live node's health says "ok" (not degraded)."""
+        deadline = time.monotonic() + timeout
+        while any(node.health() != "ok" for node in self.live()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the nodes did not report ok")
             time.sleep(0.05)
 
     def redeploy(self, index: int, *, ready_timeout: float = 30.0) -> dict[str, float]:

@@ -172,7 +172,9 @@ def _measure(variant: str, preset: Json, clients: int) -> Json:
             started = time.monotonic()
             for index in range(NODES):
                 publisher.avoid(index)
+                moved = d.lb.open_connections(index)
                 step = d.redeploy(index)
+                step["clients_moved"] = moved
                 publisher.allow(index)
                 step["reconnected_s"] = _wait_connected(d, clients, drain_period + 10.0)
                 step["end"] = time.monotonic()
@@ -205,6 +207,7 @@ def _measure(variant: str, preset: Json, clients: int) -> Json:
         per_step.append(
             {
                 "node": index,
+                "clients_moved": step["clients_moved"],
                 "drain_s": round(step["drain_s"], 3),
                 "restart_s": round(step["restart_s"], 3),
                 "reconnected_s": round(step["reconnected_s"], 3),

@@ -16,7 +16,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.protocol import State
 
 from benchmarks._deploy import Fleet, Publisher, run_deploy
-from benchmarks._nodes import Deployment, SidecarNode
+from benchmarks._nodes import FAST, Deployment, SidecarNode
 from tests.helpers import WAIT, await_until, control
 from tests.redis_support import RedisServer
 
@@ -237,7 +237,9 @@ async def test_a_rolling_deploy_of_3_nodes_under_200_clients_is_invisible(
                 send_interval=1.0,
                 idle=5.0,
             )
-            report = fleet.report(publisher.published, publisher.uncertain, detail=True)
+            report = fleet.report(
+                publisher.published, publisher.uncertain, publisher.origins, detail=True
+            )
         finally:
             await fleet.close()
         assert [node.starts for node in d.nodes] == [2, 2, 2]
@@ -267,11 +269,18 @@ async def test_kill_9_of_a_node_resyncs_its_clients_with_lost_and_no_one_else(
 
         def kill() -> None:
             d.nodes[0].kill()
-            time.sleep(1.0)  # traffic goes on meanwhile
+            # Traffic goes on meanwhile, until every client of the dead node has been answered
+            # (the promise: within 2 x cluster_timeout of reaching another node).
+            victims = [c for c in fleet.clients if c.index % 3 == 0]
+            deadline = time.monotonic() + 4 * FAST["cluster_timeout"] + WAIT
+            while not all(c.resyncs for c in victims) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
         try:
             await run_deploy(fleet, publisher, kill, send_interval=0.3, idle=5.0)
-            report = fleet.report(publisher.published, publisher.uncertain, detail=True)
+            report = fleet.report(
+                publisher.published, publisher.uncertain, publisher.origins, detail=True
+            )
         finally:
             await fleet.close()
         victims = [c for c in report["per_client"] if c["index"] % 3 == 0]
@@ -299,6 +308,7 @@ async def test_redis_restarted_empty_during_a_deploy_gives_honest_resyncs_only(
                 redis_server.kill()
                 time.sleep(0.5)
                 redis_server.start()
+                d.wait_healthy()  # the deploy goes on once the nodes are back on Redis
 
         try:
             await run_deploy(
@@ -308,7 +318,9 @@ async def test_redis_restarted_empty_during_a_deploy_gives_honest_resyncs_only(
                 send_interval=0.5,
                 idle=5.0,
             )
-            report = fleet.report(publisher.published, publisher.uncertain, detail=True)
+            report = fleet.report(
+                publisher.published, publisher.uncertain, publisher.origins, detail=True
+            )
         finally:
             await fleet.close()
         assert set(report["reasons"]) <= {"lost", "gap", "unknown"}, report["reasons"]
