@@ -26,9 +26,9 @@ def _installed(module: str) -> bool:
 
 def test_tiny_run_writes_a_valid_document_with_our_variants_measured(tmp_path: Path) -> None:
     """Every benchmark runs at tiny size; ours is measured and the JSON follows the schema."""
-    # The cluster and resume benchmarks have their own smoke tests
-    # (tests/test_benchmarks_cluster_smoke.py, tests/test_benchmarks_resume_smoke.py).
-    names = [n for n in bench_run.BENCHMARKS if n not in ("cluster", "resume")]
+    # The cluster, resume and deploy benchmarks have their own smoke tests
+    # (tests/test_benchmarks_{cluster,resume,deploy}_smoke.py).
+    names = [n for n in bench_run.BENCHMARKS if n not in ("cluster", "resume", "deploy")]
     document = bench_run.run_all("tiny", only=names, out_dir=tmp_path)
 
     written = json.loads((tmp_path / "tiny.json").read_text())
