@@ -250,7 +250,10 @@ class Fleet:
             "resyncs": 0,
             "resynced_clients": 0,
             "reasons": {},
-            "silent_lost": 0,  # lost by a client that saw no resync
+            # what a client that saw no resync lost, got twice or out of order: never expected
+            "silent_lost": 0,
+            "silent_duplicated": 0,
+            "silent_reordered": 0,
             "closed": 0,
             "foreign": 0,
             "open_errors": self.open_errors[:5],
@@ -267,7 +270,10 @@ class Fleet:
             out["reordered"] += reo
             out["resyncs"] += len(c.resyncs)
             out["resynced_clients"] += 1 if c.resyncs else 0
-            out["silent_lost"] += 0 if c.resyncs else lost
+            if not c.resyncs:
+                out["silent_lost"] += lost
+                out["silent_duplicated"] += dup
+                out["silent_reordered"] += reo
             out["closed"] += 1 if c.closed is not None else 0
             out["foreign"] += c.foreign
             for reason in c.resyncs:

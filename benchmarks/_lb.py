@@ -270,9 +270,11 @@ class LoadBalancer:
                 accepted.append(time.monotonic())
             self._links[backend].add(link)
             assert upstream.transport is not None
-            for chunk in client.early:
-                upstream.transport.write(chunk)
-            client.early.clear()
+            for side in (client, upstream):
+                assert side.peer is not None and side.peer.transport is not None
+                for chunk in side.early:
+                    side.peer.transport.write(chunk)
+                side.early.clear()
             client.transport.resume_reading()
             return
         self.refused += 1

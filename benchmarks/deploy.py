@@ -220,7 +220,16 @@ def _measure(variant: str, preset: Json, clients: int) -> Json:
             }
         )
     totals = {key: sum(r[key] for r in reports) for key in ("sent", "received", "lost")}
-    for key in ("duplicated", "reordered", "resyncs", "resynced_clients", "silent_lost", "closed"):
+    for key in (
+        "duplicated",
+        "reordered",
+        "resyncs",
+        "resynced_clients",
+        "silent_lost",
+        "silent_duplicated",
+        "silent_reordered",
+        "closed",
+    ):
         totals[key] = sum(r[key] for r in reports)
     reasons: dict[str, int] = {}
     for r in reports:
@@ -252,6 +261,8 @@ def _measure(variant: str, preset: Json, clients: int) -> Json:
         broadcasts_uncertain=len(publisher.uncertain),
         resynced_clients=totals["resynced_clients"],
         silent_lost=totals["silent_lost"],
+        silent_duplicated=totals["silent_duplicated"],
+        silent_reordered=totals["silent_reordered"],
         closed_clients=totals["closed"],
         resync_reasons=reasons,
         handshakes_during_deploy=sum(len(ts) for ts in during),

@@ -200,7 +200,7 @@ async def test_python_clients_cut_by_the_balancer_resume_exactly(
             await fleet.close()
         assert cut_off == 50
         assert len(d.lb.accepted(0)) >= 100  # every client came back through the balancer
-        assert report["sent"] >= 100 and len(publisher.published) >= 10
+        assert report["sent"] >= 100 and len(publisher.published) >= 5
         assert publisher.uncertain == []
         faults = {k: report[k] for k in ("lost", "duplicated", "reordered", "resyncs", "closed")}
         assert faults == {"lost": 0, "duplicated": 0, "reordered": 0, "resyncs": 0, "closed": 0}
