@@ -97,6 +97,7 @@ class TrafficClient:
         self.broadcasts = Stream(keep_order=True)
         self.resyncs: list[str] = []
         self.resync_at: list[float] = []
+        self.resynced_sessions: list[str] = []
         self.closed: str | None = None
         self.received = 0
         self.foreign = 0  # frames that are neither an echo nor a broadcast
@@ -104,6 +105,8 @@ class TrafficClient:
     def on_resync(self, event: ResyncEvent) -> None:
         self.resyncs.append(event.reason)
         self.resync_at.append(time.monotonic())
+        if len(self.resynced_sessions) < 10:
+            self.resynced_sessions.append(event.old_session_id)  # to find it in node logs
 
     async def read(self) -> None:
         assert self.conn is not None
@@ -254,6 +257,8 @@ class Fleet:
             "silent_lost": 0,
             "silent_duplicated": 0,
             "silent_reordered": 0,
+            # a few clients without a resync that got something wrong: [sent,] lost, dup, reordered
+            "silent_samples": [],
             "closed": 0,
             "foreign": 0,
             "open_errors": self.open_errors[:5],
@@ -274,6 +279,23 @@ class Fleet:
                 out["silent_lost"] += lost
                 out["silent_duplicated"] += dup
                 out["silent_reordered"] += reo
+                if (lost or dup or reo) and len(out["silent_samples"]) < 5:
+                    out["silent_samples"].append(
+                        {
+                            "index": c.index,
+                            "echo": [
+                                c.sent,
+                                c.echo.missing(range(c.sent)),
+                                c.echo.duplicated,
+                                c.echo.reordered,
+                            ],
+                            "broadcast": [
+                                c.broadcasts.missing(expected_b),
+                                c.broadcasts.duplicated,
+                                c.broadcasts.reorders(origin),
+                            ],
+                        }
+                    )
             out["closed"] += 1 if c.closed is not None else 0
             out["foreign"] += c.foreign
             for reason in c.resyncs:
@@ -314,8 +336,10 @@ class Publisher:
         self.urls = list(urls)
         self.rate = rate
         self.allowed = [True] * len(self.urls)
+        self.incarnation = [0] * len(self.urls)
         self.published: list[int] = []
-        self.origins: list[int] = []  # the node index that published each of `published`
+        # who published each of `published`: node index * 1000 + its incarnation (restarts)
+        self.origins: list[int] = []
         self.uncertain: list[int] = []
         self.retries = 0
         self._next = 0
@@ -323,8 +347,10 @@ class Publisher:
         self._stop = False
 
     def avoid(self, index: int) -> None:
-        """Publish elsewhere than node ``index`` (it is being redeployed)."""
+        """Publish elsewhere than node ``index`` (it is being redeployed: what it publishes
+        next comes from another process, whose order is its own)."""
         self.allowed[index] = False
+        self.incarnation[index] += 1
 
     def allow(self, index: int) -> None:
         self.allowed[index] = True
@@ -352,7 +378,7 @@ class Publisher:
                 with _NO_PROXY.open(req, timeout=timeout) as reply:
                     reply.read()
                 self.published.append(j)
-                self.origins.append(self._current)
+                self.origins.append(self._current * 1000 + self.incarnation[self._current])
                 return
             except urllib.error.HTTPError:
                 self.uncertain.append(j)

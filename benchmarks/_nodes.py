@@ -36,11 +36,12 @@ APP = "benchmarks._deploy_app:app"
 SECRET = "rolling-deploy-secret"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _clusters = itertools.count()
+STDERR_LINES = 2000  # kept per node, over its restarts
 
 # Short timings so a deploy takes seconds: every setting is a sidecar option.
 FAST: dict[str, Any] = {
-    "probe_interval": 0.5,
-    "cluster_timeout": 2.0,
+    "probe_interval": 1.0,
+    "cluster_timeout": 3.0,
     "drain_period": 1.0,
     "heartbeat_interval": 5.0,
     "heartbeat_timeout": 5.0,
@@ -72,6 +73,7 @@ class SidecarNode:
         self.app = app
         self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_level = "warning"
         self.starts = 0
         self._stderr: list[str] = []
 
@@ -89,7 +91,7 @@ class SidecarNode:
 
     def argv(self) -> list[str]:
         args = [*_sidecar_command(), "serve", self.app, "--host", "127.0.0.1"]
-        args += ["--port", str(self.port), "--log-level", "warning"]
+        args += ["--port", str(self.port), "--log-level", self.log_level]
         args += ["--backend", self.backend, "--cluster-name", self.cluster]
         for name, value in self.options.items():
             args += ["--" + name.replace("_", "-"), str(value)]
@@ -104,7 +106,7 @@ class SidecarNode:
             "STABILIZER_SECRET": SECRET,  # in the environment, never on a command line
             **self.env,
         }
-        self._stderr = []
+        self._stderr.append(f"--- start {self.starts + 1} of the node on port {self.port}")
         self.proc = subprocess.Popen(
             self.argv(),
             cwd=ROOT,
@@ -120,7 +122,7 @@ class SidecarNode:
         assert proc.stderr is not None
         for raw in proc.stderr:
             self._stderr.append(raw.decode(errors="replace").rstrip())
-            del self._stderr[:-40]
+            del self._stderr[:-STDERR_LINES]
 
     def stderr_tail(self, lines: int = 10) -> str:
         return "\n".join(self._stderr[-lines:])

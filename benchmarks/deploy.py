@@ -263,6 +263,7 @@ def _measure(variant: str, preset: Json, clients: int) -> Json:
         silent_lost=totals["silent_lost"],
         silent_duplicated=totals["silent_duplicated"],
         silent_reordered=totals["silent_reordered"],
+        silent_samples=[x for r in reports for x in r["silent_samples"]][:5],
         closed_clients=totals["closed"],
         resync_reasons=reasons,
         handshakes_during_deploy=sum(len(ts) for ts in during),

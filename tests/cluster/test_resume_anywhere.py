@@ -22,8 +22,6 @@ from tests.redis_support import RedisServer
 
 pytestmark = pytest.mark.anyio
 
-CROSS_NODE = pytest.mark.xfail(strict=True, reason="cross-node resume lands with #12 core")
-
 
 @pytest.fixture
 def anyio_backend() -> str:
@@ -155,7 +153,7 @@ async def exchange_and_cut(
 
 
 @pytest.mark.parametrize(
-    "nodes", [pytest.param(1, id="same-node"), pytest.param(2, id="other-node", marks=CROSS_NODE)]
+    "nodes", [pytest.param(1, id="same-node"), pytest.param(2, id="other-node")]
 )
 async def test_raw_clients_cut_mid_stream_resume_exactly_both_ways(
     redis_server: RedisServer, nodes: int
@@ -218,7 +216,13 @@ def deploy_every_node(d: Deployment, publisher: Publisher, between: Any = None) 
     return steps
 
 
-@CROSS_NODE
+# Fails in about half the runs on the #12 core as landed (9d3d72b): a client whose `reconnect`
+# hint is short resumes on another node while its draining node is between the 1012 close and
+# the park, and is answered "unknown" (hand-over during the drain) or "lost" (its node had just
+# left, the session was parked a moment later). Flip to a plain test once that window is closed.
+@pytest.mark.xfail(
+    strict=False, reason="#12: a resume during the draining node's close-to-park window resyncs"
+)
 async def test_a_rolling_deploy_of_3_nodes_under_200_clients_is_invisible(
     redis_server: RedisServer,
 ) -> None:
@@ -252,7 +256,6 @@ async def test_a_rolling_deploy_of_3_nodes_under_200_clients_is_invisible(
         )
 
 
-@CROSS_NODE
 async def test_kill_9_of_a_node_resyncs_its_clients_with_lost_and_no_one_else(
     redis_server: RedisServer,
 ) -> None:
@@ -290,7 +293,6 @@ async def test_kill_9_of_a_node_resyncs_its_clients_with_lost_and_no_one_else(
             assert (c["lost"], c["duplicated"], c["reordered"], c["resyncs"]) == (0, 0, 0, []), c
 
 
-@CROSS_NODE
 async def test_redis_restarted_empty_during_a_deploy_gives_honest_resyncs_only(
     redis_server: RedisServer,
 ) -> None:
@@ -331,7 +333,6 @@ async def test_redis_restarted_empty_during_a_deploy_gives_honest_resyncs_only(
         assert len(quiet) >= 30, report["reasons"]
 
 
-@CROSS_NODE
 async def test_two_racing_resumes_on_two_nodes_leave_one_live_connection_and_lose_nothing(
     redis_server: RedisServer,
 ) -> None:
