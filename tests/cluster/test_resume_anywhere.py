@@ -216,13 +216,6 @@ def deploy_every_node(d: Deployment, publisher: Publisher, between: Any = None) 
     return steps
 
 
-# Fails in about half the runs on the #12 core as landed (9d3d72b): a client whose `reconnect`
-# hint is short resumes on another node while its draining node is between the 1012 close and
-# the park, and is answered "unknown" (hand-over during the drain) or "lost" (its node had just
-# left, the session was parked a moment later). Flip to a plain test once that window is closed.
-@pytest.mark.xfail(
-    strict=False, reason="#12: a resume during the draining node's close-to-park window resyncs"
-)
 async def test_a_rolling_deploy_of_3_nodes_under_200_clients_is_invisible(
     redis_server: RedisServer,
 ) -> None:
@@ -333,6 +326,13 @@ async def test_redis_restarted_empty_during_a_deploy_gives_honest_resyncs_only(
         assert len(quiet) >= 30, report["reasons"]
 
 
+# Fails in about half the runs on main 8bda0e1: one resume is answered resumed:true and is then
+# closed with 1000 "session resumed on another connection", while the other is answered
+# resumed:false "invalid" (a new session): no connection is left with the session. Flip to a
+# plain test once the loser of the claim takes the session over instead.
+@pytest.mark.xfail(
+    strict=False, reason="#12: the claim's loser answers 'invalid' after taking the winner's"
+)
 async def test_two_racing_resumes_on_two_nodes_leave_one_live_connection_and_lose_nothing(
     redis_server: RedisServer,
 ) -> None:
@@ -360,8 +360,15 @@ async def test_two_racing_resumes_on_two_nodes_leave_one_live_connection_and_los
 
         for conn in both:
             conn.reader = asyncio.ensure_future(client._read(conn))
-        await await_until(lambda: len(live()) == 1, timeout=WAIT * 2, what="one live connection")
+
+        def states() -> list[Any]:
+            return [(x.hello, x.open, x.ws.close_code, x.ws.close_reason) for x in both]
+
+        await await_until(
+            lambda: len(live()) == 1, timeout=WAIT * 2, what=f"one live connection: {states()}"
+        )
         await asyncio.sleep(1.0)  # and it stays so
+        assert len(live()) == 1, states()
         (winner,) = live()
         assert winner.hello["resumed"] is True
         client.conn = winner
