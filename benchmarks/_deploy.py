@@ -294,6 +294,10 @@ class Fleet:
                                 c.broadcasts.duplicated,
                                 c.broadcasts.reorders(origin),
                             ],
+                            # first arrivals as [number, publisher] (publisher: see origins)
+                            "arrivals": [
+                                [i, origin.get(i, -1)] for i in (c.broadcasts.arrivals or ())
+                            ][:60],
                         }
                     )
             out["closed"] += 1 if c.closed is not None else 0

@@ -194,6 +194,7 @@ def _measure(variant: str, preset: Json, clients: int) -> Json:
                     "cmd": "report",
                     "published": publisher.published,
                     "uncertain": publisher.uncertain,
+                    "origins": publisher.origins,
                 }
             )
             load.each({"cmd": "close"}, timeout=120)
