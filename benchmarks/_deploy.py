@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -340,6 +341,7 @@ class Publisher:
         self.urls = list(urls)
         self.rate = rate
         self.allowed = [True] * len(self.urls)
+        self._sending = threading.Lock()  # held while a publish is in flight
         self.incarnation = [0] * len(self.urls)
         self.published: list[int] = []
         # who published each of `published`: node index * 1000 + its incarnation (restarts)
@@ -354,7 +356,8 @@ class Publisher:
         """Publish elsewhere than node ``index`` (it is being redeployed: what it publishes
         next comes from another process, whose order is its own)."""
         self.allowed[index] = False
-        self.incarnation[index] += 1
+        with self._sending:  # a publish already on its way there finishes first
+            self.incarnation[index] += 1
 
     def allow(self, index: int) -> None:
         self.allowed[index] = True
@@ -369,6 +372,10 @@ class Publisher:
         return self.urls[self._current]
 
     def publish_one(self, timeout: float = 10.0) -> None:
+        with self._sending:
+            self._publish(timeout)
+
+    def _publish(self, timeout: float) -> None:
         j = self._next
         self._next += 1
         for _attempt in range(50):
