@@ -31,7 +31,13 @@ from array import array
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from stabilizer_asgi.client import ClientClosedError, ResyncEvent, StabilizerConnection, connect
+from stabilizer_asgi.client import (
+    ClientClosedError,
+    ClientState,
+    ResyncEvent,
+    StabilizerConnection,
+    connect,
+)
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 MAX_NUMBER = 1 << 20  # bound of the per-client tally arrays (messages per stream)
@@ -261,6 +267,9 @@ class Fleet:
             # a few clients without a resync that got something wrong: [sent,] lost, dup, reordered
             "silent_samples": [],
             "closed": 0,
+            # clients not connected when the check ran (still reconnecting): what they lack may
+            # yet come, so it is not counted as silent
+            "unsettled": 0,
             "foreign": 0,
             "open_errors": self.open_errors[:5],
         }
@@ -276,7 +285,9 @@ class Fleet:
             out["reordered"] += reo
             out["resyncs"] += len(c.resyncs)
             out["resynced_clients"] += 1 if c.resyncs else 0
-            if not c.resyncs:
+            settled = c.conn is not None and c.conn.state is ClientState.OPEN
+            out["unsettled"] += 0 if settled or c.closed is not None else 1
+            if not c.resyncs and (settled or c.closed is not None):
                 out["silent_lost"] += lost
                 out["silent_duplicated"] += dup
                 out["silent_reordered"] += reo

@@ -230,6 +230,7 @@ def _measure(variant: str, preset: Json, clients: int) -> Json:
         "silent_duplicated",
         "silent_reordered",
         "closed",
+        "unsettled",
     ):
         totals[key] = sum(r[key] for r in reports)
     reasons: dict[str, int] = {}
@@ -266,6 +267,7 @@ def _measure(variant: str, preset: Json, clients: int) -> Json:
         silent_reordered=totals["silent_reordered"],
         silent_samples=[x for r in reports for x in r["silent_samples"]][:5],
         closed_clients=totals["closed"],
+        unsettled_clients=totals["unsettled"],
         resync_reasons=reasons,
         handshakes_during_deploy=sum(len(ts) for ts in during),
         steps=per_step,
