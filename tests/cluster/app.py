@@ -2,9 +2,9 @@
 
 Settings come from the environment: STABILIZER_TEST_BACKEND (a redis:// URL),
 STABILIZER_TEST_CLUSTER (cluster_name), STABILIZER_TEST_PROBE (probe_interval),
-STABILIZER_TEST_DUPLICATE (duplicate_client), STABILIZER_TEST_TIMEOUT (cluster_timeout).
-HTTP routes drive the manager the way an app's
-own routes or background jobs would.
+STABILIZER_TEST_DUPLICATE (duplicate_client), STABILIZER_TEST_TIMEOUT (cluster_timeout),
+STABILIZER_TEST_DRAIN (drain_period). HTTP routes drive the manager the way an app's own routes
+or background jobs would; `/` is a page that loads the browser client.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import time
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stabilizer_asgi import Stabilizer, StabilizerMiddleware
+from tests.client.support import PAGE
 
 
 async def ws(websocket: WebSocket) -> None:
@@ -35,6 +36,21 @@ async def ws(websocket: WebSocket) -> None:
                 await websocket.send_text("echo:" + text)
     except WebSocketDisconnect:
         pass
+
+
+async def echo(websocket: WebSocket) -> None:
+    """Answers every text frame "c<n>" with "e<n>": what the app took, made visible."""
+    await websocket.accept()
+    try:
+        while True:
+            text = await websocket.receive_text()
+            await websocket.send_text("e" + text[1:])
+    except WebSocketDisconnect:
+        pass
+
+
+async def page(request: Request) -> Response:
+    return HTMLResponse(PAGE)
 
 
 async def stall(request: Request) -> JSONResponse:
@@ -80,7 +96,9 @@ async def leave(request: Request) -> JSONResponse:
 app = StabilizerMiddleware(
     Starlette(
         routes=[
+            Route("/", page),
             WebSocketRoute("/ws", ws),
+            WebSocketRoute("/echo", echo),
             Route("/broadcast", broadcast, methods=["POST"]),
             Route("/send", send, methods=["POST"]),
             Route("/close", close, methods=["POST"]),
@@ -96,4 +114,5 @@ app = StabilizerMiddleware(
     secret="cluster-e2e-secret",
     cluster_timeout=float(os.environ.get("STABILIZER_TEST_TIMEOUT", "2.0")),
     heartbeat_interval=5.0,
+    drain_period=float(os.environ.get("STABILIZER_TEST_DRAIN", "10.0")),
 )
