@@ -4,7 +4,7 @@ Settings come from the environment: STABILIZER_TEST_BACKEND (a redis:// URL),
 STABILIZER_TEST_CLUSTER (cluster_name), STABILIZER_TEST_PROBE (probe_interval),
 STABILIZER_TEST_DUPLICATE (duplicate_client), STABILIZER_TEST_TIMEOUT (cluster_timeout),
 STABILIZER_TEST_DRAIN (drain_period). HTTP routes drive the manager the way an app's own routes
-or background jobs would; `/` is a page that loads the browser client.
+or background jobs would.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import time
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stabilizer_asgi import Stabilizer, StabilizerMiddleware
-from tests.client.support import PAGE
 
 
 async def ws(websocket: WebSocket) -> None:
@@ -47,10 +46,6 @@ async def echo(websocket: WebSocket) -> None:
             await websocket.send_text("e" + text[1:])
     except WebSocketDisconnect:
         pass
-
-
-async def page(request: Request) -> Response:
-    return HTMLResponse(PAGE)
 
 
 async def stall(request: Request) -> JSONResponse:
@@ -96,7 +91,6 @@ async def leave(request: Request) -> JSONResponse:
 app = StabilizerMiddleware(
     Starlette(
         routes=[
-            Route("/", page),
             WebSocketRoute("/ws", ws),
             WebSocketRoute("/echo", echo),
             Route("/broadcast", broadcast, methods=["POST"]),

@@ -142,7 +142,7 @@ class RoundRobin:
     """A loopback round-robin TCP load balancer in front of nodes: each new connection goes to
     the next port in turn; a port that refuses (a node that has exited or not yet started) is
     skipped for the next one, as a balancer does with a failed connect. `picked` counts the
-    connections each port took."""
+    connections each port took; `abort()` resets every connection through it."""
 
     def __init__(self, ports: list[int]) -> None:
         self.ports = list(ports)
@@ -166,6 +166,14 @@ class RoundRobin:
 
     def url(self, path: str, scheme: str = "ws") -> str:
         return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    def abort(self) -> int:
+        """Reset every forwarded connection, both ends (the network path broke); how many
+        connections there were."""
+        writers = list(self._links)
+        for writer in writers:
+            writer.transport.abort()
+        return len(writers) // 2
 
     async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for _ in self.ports:
