@@ -19,6 +19,8 @@ from .support import NodeProcess, RoundRobin, nodes, see_each_other
 
 pytestmark = pytest.mark.anyio
 
+CROSS_NODE = pytest.mark.xfail(strict=True, reason="cross-node resume lands with #12 core")
+
 # The page sends "c1", "c2", ... every 15 ms until told to stop; the nodes' app echoes "e<n>".
 PACED_SENDER = """() => {
   window.sending = (async () => {
@@ -55,7 +57,8 @@ async def open_page(page: Any, origin: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "n", [pytest.param(1, id="one-node-cut"), pytest.param(3, id="rolling-deploy")]
+    "n",
+    [pytest.param(1, id="one-node-cut"), pytest.param(3, id="rolling-deploy", marks=CROSS_NODE)],
 )
 async def test_a_rolling_deploy_is_invisible_to_the_browser_client(
     redis_server: RedisServer, tmp_path: Path, n: int
