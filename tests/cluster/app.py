@@ -37,17 +37,6 @@ async def ws(websocket: WebSocket) -> None:
         pass
 
 
-async def echo(websocket: WebSocket) -> None:
-    """Answers every text frame "c<n>" with "e<n>": what the app took, made visible."""
-    await websocket.accept()
-    try:
-        while True:
-            text = await websocket.receive_text()
-            await websocket.send_text("e" + text[1:])
-    except WebSocketDisconnect:
-        pass
-
-
 async def stall(request: Request) -> JSONResponse:
     """Block this worker's event loop for `?seconds=` (tests: while it cannot accept, the
     kernel hands new connections to the other worker)."""
@@ -92,7 +81,6 @@ app = StabilizerMiddleware(
     Starlette(
         routes=[
             WebSocketRoute("/ws", ws),
-            WebSocketRoute("/echo", echo),
             Route("/broadcast", broadcast, methods=["POST"]),
             Route("/send", send, methods=["POST"]),
             Route("/close", close, methods=["POST"]),
