@@ -64,8 +64,9 @@ async def test_a_rolling_deploy_is_invisible_to_the_browser_client(
 ) -> None:
     """While each of 3 nodes behind the balancer is drained by SIGTERM and restarted in turn
     (one-node-cut: its connection is reset by the balancer 3 times instead), the page gets the
-    echo of every numbered message it sends and every numbered server broadcast exactly once and
-    in order, on one session, with no resync event."""
+    echo of every numbered message it sends, in order, and every numbered server broadcast (from
+    whichever node is up), each exactly once and in publish order per publishing node, on one
+    session, with no resync event."""
     with nodes(redis_server.url, n, sidecar=True, STABILIZER_TEST_DRAIN="1.0") as ring:
         async with RoundRobin([node.port for node in ring]) as lb, chromium_page(tmp_path) as page:
             await open_page(page, lb.url("", "http"))
@@ -74,6 +75,7 @@ async def test_a_rolling_deploy_is_invisible_to_the_browser_client(
             await page.evaluate(PACED_SENDER)
 
             pushed: list[str] = []
+            origins: dict[str, int] = {}  # broadcast -> the pid of the node that published it
             publisher = [ring[-1]]  # a node that stays up while another one is drained
             turn = anyio.Lock()
             done = anyio.Event()
@@ -81,11 +83,12 @@ async def test_a_rolling_deploy_is_invisible_to_the_browser_client(
             async def publish() -> None:
                 while not done.is_set():
                     async with turn:
-                        text = f"s{len(pushed) + 1}"
+                        text, node = f"s{len(pushed) + 1}", publisher[0]
                         await anyio.to_thread.run_sync(
-                            functools.partial(publisher[0].post, "/broadcast", text=text)
+                            functools.partial(node.post, "/broadcast", text=text)
                         )
                         pushed.append(text)
+                        origins[text] = node.proc.pid
                     await anyio.sleep(0.04)
 
             async def redeploy(index: int) -> None:
@@ -121,7 +124,12 @@ async def test_a_rolling_deploy_is_invisible_to_the_browser_client(
             assert await page.evaluate("[window.sock.sessionId, window.resyncs]") == [sid, []]
             got = await page.evaluate("window.got")
             assert stream(got, "echo:") == [f"echo:c{i}" for i in range(1, len(sent) + 1)]
-            assert stream(got, "s") == pushed
+            broadcasts = stream(got, "s")
+            assert sorted(broadcasts) == sorted(pushed)  # each exactly once
+            for origin in set(origins.values()):  # in publish order per publishing node
+                assert [b for b in broadcasts if origins[b] == origin] == [
+                    b for b in pushed if origins[b] == origin
+                ]
             assert len(got) == len(sent) + len(pushed)
             states = await page.evaluate("window.states")
             assert states.count("reconnecting") >= 1 and set(states) == {"open", "reconnecting"}
