@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -27,17 +28,29 @@ _clusters = itertools.count()
 
 
 class NodeProcess:
-    """One node: `uvicorn tests.cluster.app:app` on a free port, stopped by its pid."""
+    """One node: `uvicorn tests.cluster.app:app` on a free port (or `port`: a restart takes
+    its old port again), stopped by its pid. `sidecar=True` runs it under `stabilizer-asgi
+    serve` instead, whose SIGTERM drains the node before uvicorn shuts down."""
 
-    def __init__(self, redis_url: str, cluster: str, **env: str) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        redis_url: str,
+        cluster: str,
+        *,
+        port: int | None = None,
+        sidecar: bool = False,
+        **env: str,
+    ) -> None:
+        self.redis_url, self.cluster, self.sidecar, self.env = redis_url, cluster, sidecar, env
+        self.port = port or free_port()
         environ = dict(os.environ)
         environ.update(STABILIZER_TEST_BACKEND=redis_url, STABILIZER_TEST_CLUSTER=cluster, **env)
+        server = ["stabilizer_asgi.cli", "serve"] if sidecar else ["uvicorn", "--lifespan", "on"]
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "uvicorn",
+                *server,
                 "tests.cluster.app:app",
                 "--host",
                 "127.0.0.1",
@@ -45,11 +58,16 @@ class NodeProcess:
                 str(self.port),
                 "--log-level",
                 "warning",
-                "--lifespan",
-                "on",
             ],
             cwd=ROOT,
             env=environ,
+        )
+
+    def restarted(self) -> NodeProcess:
+        """A new process for this node (same port, settings and cluster), once this one has
+        exited."""
+        return NodeProcess(
+            self.redis_url, self.cluster, port=self.port, sidecar=self.sidecar, **self.env
         )
 
     def wait_ready(self) -> NodeProcess:
@@ -94,21 +112,97 @@ class NodeProcess:
 
 
 @contextlib.contextmanager
-def nodes(redis_url: str, n: int = 2, **env: str) -> Iterator[list[NodeProcess]]:
+def nodes(
+    redis_url: str, n: int = 2, *, sidecar: bool = False, **env: str
+) -> Iterator[list[NodeProcess]]:
+    """`n` nodes of a fresh cluster, once each sees all of them; every process in the list at
+    the end (a test may replace one with its restart) is stopped."""
     cluster = f"e2e{os.getpid()}x{next(_clusters)}"
-    started = [NodeProcess(redis_url, cluster, **env) for _ in range(n)]
+    started = [NodeProcess(redis_url, cluster, sidecar=sidecar, **env) for _ in range(n)]
     try:
         for node in started:
             node.wait_ready()
-        deadline = time.monotonic() + WAIT * 2
-        while any(len(node.stats()["cluster"]["nodes"]) != n for node in started):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the nodes did not see each other")
-            time.sleep(0.05)
+        see_each_other(started)
         yield started
     finally:
         for node in started:
             node.stop()
+
+
+def see_each_other(ring: list[NodeProcess]) -> None:
+    """Wait until every node's cluster view lists all of them."""
+    deadline = time.monotonic() + WAIT * 2
+    while any(len(node.stats()["cluster"]["nodes"]) != len(ring) for node in ring):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the nodes did not see each other")
+        time.sleep(0.05)
+
+
+class RoundRobin:
+    """A loopback round-robin TCP load balancer in front of nodes: each new connection goes to
+    the next port in turn; a port that refuses (a node that has exited or not yet started) is
+    skipped for the next one, as a balancer does with a failed connect. `picked` counts the
+    connections each port took; `abort()` resets every connection through it."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = list(ports)
+        self.picked = dict.fromkeys(self.ports, 0)
+        self.port = 0
+        self._next = 0
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> RoundRobin:
+        self._server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._links):
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    def url(self, path: str, scheme: str = "ws") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    def abort(self) -> int:
+        """Reset every forwarded connection, both ends (the network path broke); how many
+        connections there were."""
+        writers = list(self._links)
+        for writer in writers:
+            writer.transport.abort()
+        return len(writers) // 2
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in self.ports:
+            port = self.ports[self._next % len(self.ports)]
+            self._next += 1
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                continue
+            self.picked[port] += 1
+            break
+        else:
+            writer.transport.abort()
+            return
+        self._links.update((writer, up_writer))
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        self._links.difference_update((writer, up_writer))
+        writer.close()
+        up_writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy one direction until its end, then half-close the other side."""
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
 
 
 class Client:
