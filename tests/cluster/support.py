@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import json
@@ -136,73 +135,6 @@ def see_each_other(ring: list[NodeProcess]) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("the nodes did not see each other")
         time.sleep(0.05)
-
-
-class RoundRobin:
-    """A loopback round-robin TCP load balancer in front of nodes: each new connection goes to
-    the next port in turn; a port that refuses (a node that has exited or not yet started) is
-    skipped for the next one, as a balancer does with a failed connect. `picked` counts the
-    connections each port took; `abort()` resets every connection through it."""
-
-    def __init__(self, ports: list[int]) -> None:
-        self.ports = list(ports)
-        self.picked = dict.fromkeys(self.ports, 0)
-        self.port = 0
-        self._next = 0
-        self._server: asyncio.Server | None = None
-        self._links: set[asyncio.StreamWriter] = set()
-
-    async def __aenter__(self) -> RoundRobin:
-        self._server = await asyncio.start_server(self._link, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._links):
-            writer.transport.abort()
-        await self._server.wait_closed()
-
-    def url(self, path: str, scheme: str = "ws") -> str:
-        return f"{scheme}://127.0.0.1:{self.port}{path}"
-
-    def abort(self) -> int:
-        """Reset every forwarded connection, both ends (the network path broke); how many
-        connections there were."""
-        writers = list(self._links)
-        for writer in writers:
-            writer.transport.abort()
-        return len(writers) // 2
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for _ in self.ports:
-            port = self.ports[self._next % len(self.ports)]
-            self._next += 1
-            try:
-                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                continue
-            self.picked[port] += 1
-            break
-        else:
-            writer.transport.abort()
-            return
-        self._links.update((writer, up_writer))
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        self._links.difference_update((writer, up_writer))
-        writer.close()
-        up_writer.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy one direction until its end, then half-close the other side."""
-    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
 
 
 class Client:
