@@ -2,9 +2,9 @@
 
 Settings come from the environment: STABILIZER_TEST_BACKEND (a redis:// URL),
 STABILIZER_TEST_CLUSTER (cluster_name), STABILIZER_TEST_PROBE (probe_interval),
-STABILIZER_TEST_DUPLICATE (duplicate_client), STABILIZER_TEST_TIMEOUT (cluster_timeout),
-STABILIZER_TEST_DRAIN (drain_period). HTTP routes drive the manager the way an app's own routes
-or background jobs would.
+STABILIZER_TEST_DUPLICATE (duplicate_client), STABILIZER_TEST_TIMEOUT (cluster_timeout).
+HTTP routes drive the manager the way an app's
+own routes or background jobs would.
 """
 
 from __future__ import annotations
@@ -96,5 +96,4 @@ app = StabilizerMiddleware(
     secret="cluster-e2e-secret",
     cluster_timeout=float(os.environ.get("STABILIZER_TEST_TIMEOUT", "2.0")),
     heartbeat_interval=5.0,
-    drain_period=float(os.environ.get("STABILIZER_TEST_DRAIN", "10.0")),
 )

@@ -27,29 +27,17 @@ _clusters = itertools.count()
 
 
 class NodeProcess:
-    """One node: `uvicorn tests.cluster.app:app` on a free port (or `port`: a restart takes
-    its old port again), stopped by its pid. `sidecar=True` runs it under `stabilizer-asgi
-    serve` instead, whose SIGTERM drains the node before uvicorn shuts down."""
+    """One node: `uvicorn tests.cluster.app:app` on a free port, stopped by its pid."""
 
-    def __init__(
-        self,
-        redis_url: str,
-        cluster: str,
-        *,
-        port: int | None = None,
-        sidecar: bool = False,
-        **env: str,
-    ) -> None:
-        self.redis_url, self.cluster, self.sidecar, self.env = redis_url, cluster, sidecar, env
-        self.port = port or free_port()
+    def __init__(self, redis_url: str, cluster: str, **env: str) -> None:
+        self.port = free_port()
         environ = dict(os.environ)
         environ.update(STABILIZER_TEST_BACKEND=redis_url, STABILIZER_TEST_CLUSTER=cluster, **env)
-        server = ["stabilizer_asgi.cli", "serve"] if sidecar else ["uvicorn", "--lifespan", "on"]
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                *server,
+                "uvicorn",
                 "tests.cluster.app:app",
                 "--host",
                 "127.0.0.1",
@@ -57,16 +45,11 @@ class NodeProcess:
                 str(self.port),
                 "--log-level",
                 "warning",
+                "--lifespan",
+                "on",
             ],
             cwd=ROOT,
             env=environ,
-        )
-
-    def restarted(self) -> NodeProcess:
-        """A new process for this node (same port, settings and cluster), once this one has
-        exited."""
-        return NodeProcess(
-            self.redis_url, self.cluster, port=self.port, sidecar=self.sidecar, **self.env
         )
 
     def wait_ready(self) -> NodeProcess:
@@ -111,30 +94,21 @@ class NodeProcess:
 
 
 @contextlib.contextmanager
-def nodes(
-    redis_url: str, n: int = 2, *, sidecar: bool = False, **env: str
-) -> Iterator[list[NodeProcess]]:
-    """`n` nodes of a fresh cluster, once each sees all of them; every process in the list at
-    the end (a test may replace one with its restart) is stopped."""
+def nodes(redis_url: str, n: int = 2, **env: str) -> Iterator[list[NodeProcess]]:
     cluster = f"e2e{os.getpid()}x{next(_clusters)}"
-    started = [NodeProcess(redis_url, cluster, sidecar=sidecar, **env) for _ in range(n)]
+    started = [NodeProcess(redis_url, cluster, **env) for _ in range(n)]
     try:
         for node in started:
             node.wait_ready()
-        see_each_other(started)
+        deadline = time.monotonic() + WAIT * 2
+        while any(len(node.stats()["cluster"]["nodes"]) != n for node in started):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the nodes did not see each other")
+            time.sleep(0.05)
         yield started
     finally:
         for node in started:
             node.stop()
-
-
-def see_each_other(ring: list[NodeProcess]) -> None:
-    """Wait until every node's cluster view lists all of them."""
-    deadline = time.monotonic() + WAIT * 2
-    while any(len(node.stats()["cluster"]["nodes"]) != len(ring) for node in ring):
-        if time.monotonic() > deadline:
-            raise RuntimeError("the nodes did not see each other")
-        time.sleep(0.05)
 
 
 class Client:
