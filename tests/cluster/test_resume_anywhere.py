@@ -137,7 +137,9 @@ async def exchange_and_cut(
         for c in clients:
             await c.send(f"u{i}")
     await publish(publisher, 0, 1, 2)
-    assert d.lb.abort(0) == count  # mid-stream: echoes and the last broadcasts in flight
+    # Mid-stream: echoes and the last broadcasts in flight. (At least the clients': a link the
+    # balancer has not yet seen closed, e.g. a health probe's, may be reset with them.)
+    assert d.lb.abort(0) >= count
     await publish(publisher, 3, 4, 5)  # to the detached sessions
     for i in range(10, 15):
         for c in clients:
