@@ -20,6 +20,7 @@ from .asgi.connection import (
     deliver,
     encode_message,
     escaped,
+    frame_of,
     offer_one,
     payload_of,
 )
@@ -290,12 +291,7 @@ class Stabilizer:
 
     def _deliver_payload(self, payload: Payload, group: str | None, skip: frozenset[str]) -> None:
         """A broadcast published by another node: fan it out to this node's sessions."""
-        if isinstance(payload, str):
-            frame: Message = {"type": "websocket.send", "text": payload}
-            size = wire.text_size(payload)
-        else:
-            frame = {"type": "websocket.send", "bytes": payload}
-            size = len(payload)
+        frame, size = frame_of(payload)
         self._deliver(frame, size, group, skip)
 
     def _deliver(
@@ -403,10 +399,7 @@ class Stabilizer:
         session = self._registry.get(session_id)
         if session is None or session._replay is None:
             return
-        replay = session._replay
-        if not replay.sent:
-            replay = session._replay = replay.empty_copy()
-        replay.lose()
+        session._lose_replay()
         if session._conn is not None:
             session._conn.abort(1012, "cluster gap")
         self.count_event("cluster_gaps")
@@ -418,12 +411,9 @@ class Stabilizer:
         targets = self.sessions(group)
         closed = 0
         for session in targets:
-            replay = session._replay
-            if replay is None:
+            if session._replay is None:
                 continue
-            if not replay.sent:  # possibly the buffer idle sessions share: take its own first
-                replay = session._replay = replay.empty_copy()
-            replay.lose()
+            session._lose_replay()
             conn = session._conn
             if conn is not None and conn.abort(1012, "cluster gap"):
                 closed += 1
@@ -671,10 +661,8 @@ class Stabilizer:
             with anyio.move_on_after(self.config.close_timeout):
                 while not conn.finished:  # noqa: ASYNC110 - the app's own unwinding
                     await anyio.sleep(0.005)
-        elif session.state is SessionState.DETACHED:
-            detached_at = session._detached_at
-            if detached_at is not None and _monotonic() - detached_at > self.config.resume_window:
-                return "expired"
+        elif session.state is SessionState.DETACHED and self._window_passed(session):
+            return "expired"
         if not self._movable(session):
             return "unknown"
         request = self._park_request(session, _monotonic())
@@ -719,10 +707,7 @@ class Stabilizer:
             logger.exception("an expired parked session could not be read")
             return
         session.state = SessionState.CLOSED
-        tombstones = self._tombstones
-        tombstones[session.id] = None
-        if len(tombstones) > MAX_TOMBSTONES:
-            tombstones.popitem(last=False)
+        self._tombstone(session.id)
         self.count_event("expired")
         self._ended_event(session, True)
 
@@ -736,22 +721,14 @@ class Stabilizer:
             idle_replay=self._idle_replay,
         )
         for payload in handover.mailbox:
-            if isinstance(payload, str):
-                frame: Message = {"type": "websocket.send", "text": payload}
-                size = wire.text_size(payload)
-            else:
-                frame = {"type": "websocket.send", "bytes": payload}
-                size = len(payload)
+            frame, size = frame_of(payload)
             session._hold(escaped(frame), size)
         arriving = self._arriving.get(session.id)
         if arriving is not None:
             for frame, size in arriving.frames:
                 session._hold(escaped(frame), size)
-        replay = session._replay
-        if (handover.gap or (arriving is not None and arriving.overflowed)) and replay is not None:
-            if not replay.sent:
-                replay = session._replay = replay.empty_copy()
-            replay.lose()
+        if handover.gap or (arriving is not None and arriving.overflowed):
+            session._lose_replay()
         session.state = SessionState.CLOSED  # registered below: the gauges count it from here
         self._reg_seq += 1
         session._seq = self._reg_seq
@@ -1241,8 +1218,7 @@ class Stabilizer:
         if not spendable(session._generation, session._token_confirmed, generation):
             raise InvalidTokenError("token already used")
         if session.state is SessionState.DETACHED:
-            detached_at = session._detached_at
-            if detached_at is not None and _monotonic() - detached_at > self.config.resume_window:
+            if self._window_passed(session):
                 raise TokenExpiredError("the session's resume window has passed")
         elif session.state is not SessionState.CONNECTED:
             raise _UnknownSession("session is closed")
@@ -1388,6 +1364,11 @@ class Stabilizer:
             reason=session.close_reason,
         )
 
+    def _window_passed(self, session: Session) -> bool:
+        """Whether a detached session's resume window has passed (the sweep may lag)."""
+        detached_at = session._detached_at
+        return detached_at is not None and _monotonic() - detached_at > self.config.resume_window
+
     def _enqueue_detached(self, session: Session) -> None:
         now = _monotonic()
         self._set_state(session, SessionState.DETACHED)
@@ -1407,12 +1388,16 @@ class Stabilizer:
             detached_at = session._detached_at
             if detached_at is not None and detached_at + window > now:
                 continue  # detached again later: a newer entry is queued
-            tombstones = self._tombstones
-            tombstones[session.id] = None
-            if len(tombstones) > MAX_TOMBSTONES:
-                tombstones.popitem(last=False)
+            self._tombstone(session.id)
             self.count_event("expired")
             self._end(session, expired=True)
+
+    def _tombstone(self, session_id: str) -> None:
+        """Remember an expired session's id (bounded), so a late token answers "expired"."""
+        tombstones = self._tombstones
+        tombstones[session_id] = None
+        if len(tombstones) > MAX_TOMBSTONES:
+            tombstones.popitem(last=False)
 
     def _let_go(self, session: Session, *, keep_data: bool = False) -> None:
         """Forget a session here and free its memory: it ended, or moved to another node.

@@ -1148,6 +1148,13 @@ def payload_of(frame: Message) -> str | bytes:
     return bytes(frame["bytes"])
 
 
+def frame_of(payload: str | bytes) -> tuple[Message, int]:
+    """The frame for what came from another node (`payload_of` read back), and its size."""
+    if isinstance(payload, str):
+        return {"type": "websocket.send", "text": payload}, _text_size(payload)
+    return {"type": "websocket.send", "bytes": payload}, len(payload)
+
+
 def offer_one(session: Session, frame: Message, escaped: Message, size: int, now: float) -> int:
     """One recipient through the general path: DELIVERED, DROPPED or FAILED. A session with no
     connection (detached) keeps the frame for its resume."""

@@ -1526,12 +1526,8 @@ class RedisBackend:
                 return "unreachable"
             if claim.subscription != self._subscriptions or self._subscriptions % 2:
                 # The subscription was rebuilt (or is catching up) since the claim was sent.
-                self._muted.pop(session_id, None)
                 self._awaiting.pop(rid, None)
-                self.counters["gaps"] += 1
-                node = self._node
-                if node is not None:
-                    node.lost_session(session_id)
+                self._report_lost(session_id)
             self.counters["claimed"] += 1
             return None
         finally:
@@ -1563,12 +1559,17 @@ class RedisBackend:
         }
         for rid in [rid for rid, sid in self._awaiting.items() if sid in stale]:
             del self._awaiting[rid]
-        node = self._node
         for session_id in stale:
-            del self._muted[session_id]
-            self.counters["gaps"] += 1
-            if node is not None:
-                node.lost_session(session_id)
+            self._report_lost(session_id)
+
+    def _report_lost(self, session_id: str) -> None:
+        """An adopted session whose claim cannot be placed in the publication order: unmuted,
+        and reported lost to the node (its next resume answers "gap")."""
+        self._muted.pop(session_id, None)
+        self.counters["gaps"] += 1
+        node = self._node
+        if node is not None:
+            node.lost_session(session_id)
 
     async def append(self, session_id: str, payload: Payload) -> bool:
         redis = self._redis

@@ -289,6 +289,16 @@ class Session:
         self.bytes_out += size
         return True
 
+    def _lose_replay(self) -> None:
+        """A frame meant for the client was lost before it reached the replay buffer: no
+        resume of this session can be exact any more (`ReplayBuffer.lose`)."""
+        replay = self._replay
+        if replay is None:
+            return
+        if not replay.sent:  # possibly the buffer idle sessions share: take its own first
+            replay = self._replay = replay.empty_copy()
+        replay.lose()
+
     def _ack_out(self, n: int) -> None:
         """The client confirms server→client frames 1..n: free them."""
         replay = self._replay
